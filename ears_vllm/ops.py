@@ -1,0 +1,215 @@
+"""Public functional API: EARS verification of a ragged batch of draft tokens, in vLLM's layout."""
+
+import math
+from numbers import Real
+from typing import Optional, Union
+
+import torch
+
+from ._common import EarsOutput
+
+_BACKENDS = ("auto", "triton", "torch", "reference")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _fail(name: str, problem: str):
+    raise ValueError(f"ears_rejection_sample: `{name}` {problem}")
+
+
+def check_alpha(alpha, name: str = "alpha") -> None:
+    """Raise ValueError unless alpha is a real number in [0, 1] (NaN is rejected). Tensors are checked elementwise."""
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.dtype.is_floating_point:
+            _fail(name, f"must be a floating-point tensor, got dtype {alpha.dtype}")
+        if alpha.numel() and not bool(((alpha >= 0) & (alpha <= 1)).all()):
+            bad = alpha[~((alpha >= 0) & (alpha <= 1))].flatten()[0].item()
+            _fail(name, f"must lie in [0, 1] (no NaN); got {bad}")
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+        _fail(name, f"must be a number in [0, 1], got {alpha!r} ({type(alpha).__name__})")
+    if math.isnan(alpha) or not 0.0 <= alpha <= 1.0:
+        _fail(name, f"must lie in [0, 1] (no NaN); got {alpha!r}")
+
+
+def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, device=None):
+    if not isinstance(t, torch.Tensor):
+        _fail(name, f"must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        _fail(name, f"must be {ndim}-D, got shape {tuple(t.shape)}")
+    if integer and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+        _fail(name, f"must have an integer dtype, got {t.dtype}")
+    if floating and t.dtype not in _FLOAT_DTYPES:
+        _fail(name, f"must have a float dtype (float32/float16/bfloat16/float64), got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        _fail(name, f"must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        _fail(name, f"must be on {device} like target_logits, got {t.device}")
+
+
+def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
+              max_spec_len, draft_probs, uniform_probs, recovery_noise):
+    _check_tensor("target_logits", target_logits, 2, floating=True)
+    num_tokens, vocab_size = target_logits.shape
+    dev = target_logits.device
+    if vocab_size == 0:
+        _fail("target_logits", "has an empty vocabulary dimension")
+    _check_tensor("draft_token_ids", draft_token_ids, 1, integer=True, shape=(num_tokens,), device=dev)
+    _check_tensor("cu_num_draft_tokens", cu_num_draft_tokens, 1, integer=True, device=dev)
+    batch = cu_num_draft_tokens.numel()
+    if bonus_token_ids.dim() == 2:
+        _check_tensor("bonus_token_ids", bonus_token_ids, 2, integer=True, shape=(batch, 1), device=dev)
+    else:
+        _check_tensor("bonus_token_ids", bonus_token_ids, 1, integer=True, shape=(batch,), device=dev)
+    _check_tensor("temperature", temperature, 1, floating=True, shape=(batch,), device=dev)
+    if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
+        _fail("temperature", "must be >= 0 and not NaN (0 means greedy)")
+    if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
+        _check_tensor("alpha", alpha, 1, floating=True, shape=(batch,), device=dev)
+    check_alpha(alpha)
+    if isinstance(max_spec_len, bool) or not isinstance(max_spec_len, int) or max_spec_len < 0:
+        _fail("max_spec_len", f"must be a non-negative int, got {max_spec_len!r}")
+    if batch:
+        cu = cu_num_draft_tokens.to(torch.int64)
+        counts = torch.diff(cu, prepend=cu.new_zeros(1))
+        if bool((counts < 0).any()):
+            _fail("cu_num_draft_tokens", "must be non-decreasing and start >= 0")
+        if int(cu[-1]) != num_tokens:
+            _fail("cu_num_draft_tokens", f"must end at num_tokens={num_tokens}, got {int(cu[-1])}")
+        if int(counts.max()) > max_spec_len:
+            _fail("max_spec_len", f"is {max_spec_len} but a request has {int(counts.max())} draft tokens")
+    elif num_tokens:
+        _fail("cu_num_draft_tokens", "is empty but there are draft tokens")
+    if num_tokens and (int(draft_token_ids.min()) < 0 or int(draft_token_ids.max()) >= vocab_size):
+        _fail("draft_token_ids", f"must lie in [0, vocab_size={vocab_size})")
+    if draft_probs is not None:
+        _check_tensor("draft_probs", draft_probs, 2, floating=True, shape=(num_tokens, vocab_size), device=dev)
+    if uniform_probs is not None:
+        _check_tensor("uniform_probs", uniform_probs, 1, floating=True, shape=(num_tokens,), device=dev)
+    if recovery_noise is not None:
+        _check_tensor("recovery_noise", recovery_noise, 2, floating=True, shape=(batch, vocab_size), device=dev)
+
+
+def ears_rejection_sample(
+    draft_token_ids: torch.Tensor,
+    cu_num_draft_tokens: torch.Tensor,
+    target_logits: torch.Tensor,
+    bonus_token_ids: torch.Tensor,
+    temperature: torch.Tensor,
+    alpha: Union[float, torch.Tensor],
+    max_spec_len: int,
+    draft_probs: Optional[torch.Tensor] = None,
+    uniform_probs: Optional[torch.Tensor] = None,
+    recovery_noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    validate: bool = True,
+    backend: str = "auto",
+) -> EarsOutput:
+    r"""Verify a ragged batch of draft tokens with EARS (uncertainty-adaptive rejection sampling).
+
+    At every draft position the target's uncertainty is :math:`h = 1 - \max_v p(v)` and the draft token ``x`` is
+    accepted iff ``p(x) > 0``, ``q(x) > 0`` and :math:`u \le p(x)/q(x) + \alpha h` with ``u ~ U(0, 1)``. The first
+    rejected position emits a recovered token drawn from ``normalize(max(p - q, 0))`` (``p`` without ``x`` when
+    ``draft_probs`` is None), and a request whose drafts are all accepted emits its bonus token. Greedy requests
+    (temperature 0) accept by exact argmax matching. ``alpha = 0`` is exactly standard speculative sampling
+    (Leviathan et al., https://arxiv.org/abs/2211.17192); EARS is https://arxiv.org/abs/2512.13194.
+
+    Parameters
+    ----------
+    draft_token_ids : torch.Tensor
+        Shape: ``[num_tokens]``, integer. The draft tokens of all requests, flattened.
+    cu_num_draft_tokens : torch.Tensor
+        Shape: ``[batch]``, integer. Cumulative number of draft tokens per request (vLLM's layout); a request may
+        have 0 drafts.
+    target_logits : torch.Tensor
+        Shape: ``[num_tokens, vocab_size]``, float32 / bfloat16 / float16. Target logits at the draft positions,
+        with top-k / top-p / bans already applied as ``-inf`` but *not* divided by the temperature (the division is
+        fused). NaN logits count as ``-inf``; ``+inf`` logits share the mass equally; a row with no finite logit is
+        treated as uniform.
+    bonus_token_ids : torch.Tensor
+        Shape: ``[batch]`` or ``[batch, 1]``, integer. Token emitted when every draft of a request is accepted.
+    temperature : torch.Tensor
+        Shape: ``[batch]``, float. Below 1e-5 the request is greedy. Pass 1.0 for rows whose logits are already
+        scaled.
+    alpha : float or torch.Tensor
+        Shape: scalar or ``[batch]``. Tolerance factor in [0, 1].
+    max_spec_len : int
+        Width of the output minus one; at least the largest number of drafts of a request.
+    draft_probs : torch.Tensor, optional
+        Shape: ``[num_tokens, vocab_size]``, float. Draft distributions; None means one-hot on the draft token.
+    uniform_probs : torch.Tensor, optional
+        Shape: ``[num_tokens]``, float64 recommended. The ``u`` of each position; drawn with ``generator`` if None.
+    recovery_noise : torch.Tensor, optional
+        Shape: ``[batch, vocab_size]``, float32, i.i.d. Exp(1). Recovered token = ``argmax(residual / noise)``
+        (vLLM's exponential race); drawn with ``generator`` if None.
+    generator : torch.Generator, optional
+        Used only for randomness not passed in.
+    validate : bool
+        Check shapes, dtypes, ranges (host syncs). Pass False on a hot path whose inputs are known good.
+    backend : str
+        ``"auto"`` (Triton on CUDA, vectorised torch on CPU), ``"triton"``, ``"torch"`` or ``"reference"``.
+
+    Returns
+    -------
+    EarsOutput
+        ``output_token_ids`` ``[batch, max_spec_len + 1]`` int32 padded with -1; ``uncertainty`` ``[num_tokens]``
+        float32; ``num_accepted`` ``[batch]`` int32; ``num_tolerance_accepted`` ``[batch]`` int32 (drafts accepted
+        only thanks to the tolerance: ``p/q < u``).
+
+    Examples
+    --------
+    A 4-token vocabulary, two requests with 2 drafts each. Request 0's target is flat (h = 0.7) and its draft
+    token 1 has p = 0.3 < u = 0.5: the standard rule rejects it, EARS with alpha = 0.5 accepts it (0.3 + 0.35 >=
+    0.5). Request 1 drafts token 3, which its target forbids (p = 0): rejected whatever alpha, and the recovered
+    token comes from p without token 3.
+
+    >>> import torch
+    >>> from ears_vllm import ears_rejection_sample
+    >>> flat = torch.tensor([0.3, 0.3, 0.2, 0.2]).log()
+    >>> peaked = torch.tensor([0.1, 0.9, 0.0, 0.0]).log()
+    >>> out = ears_rejection_sample(
+    ...     draft_token_ids=torch.tensor([1, 0, 3, 1]),
+    ...     cu_num_draft_tokens=torch.tensor([2, 4]),
+    ...     target_logits=torch.stack([flat, flat, peaked, peaked]),
+    ...     bonus_token_ids=torch.tensor([2, 2]),
+    ...     temperature=torch.tensor([1.0, 1.0]),
+    ...     alpha=0.5,
+    ...     max_spec_len=2,
+    ...     uniform_probs=torch.tensor([0.5, 0.1, 0.5, 0.5], dtype=torch.float64),
+    ...     recovery_noise=torch.ones(2, 4),
+    ... )
+    >>> out.output_token_ids.tolist()
+    [[1, 0, 2], [1, -1, -1]]
+    >>> out.num_accepted.tolist(), out.num_tolerance_accepted.tolist()
+    ([2, 0], [1, 0])
+    >>> [round(h, 2) for h in out.uncertainty.tolist()]
+    [0.7, 0.7, 0.1, 0.1]
+    """
+    if backend not in _BACKENDS:
+        _fail("backend", f"must be one of {_BACKENDS}, got {backend!r}")
+    if validate:
+        _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
+                  max_spec_len, draft_probs, uniform_probs, recovery_noise)
+    num_tokens, vocab_size = target_logits.shape
+    device = target_logits.device
+    if uniform_probs is None:
+        uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
+    if recovery_noise is None:
+        recovery_noise = torch.empty(cu_num_draft_tokens.numel(), vocab_size, dtype=torch.float32, device=device)
+        recovery_noise.exponential_(generator=generator)
+
+    if backend == "auto":
+        backend = "triton" if target_logits.is_cuda else "torch"
+    args = (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
+            max_spec_len, draft_probs, uniform_probs, recovery_noise)
+    if backend == "torch":
+        from .cpu import ears_rejection_sample_torch
+
+        return ears_rejection_sample_torch(*args)
+    if backend == "reference":
+        from .reference import ears_rejection_sample_reference
+
+        return EarsOutput(*(t.to(device) for t in ears_rejection_sample_reference(*(
+            a.cpu() if isinstance(a, torch.Tensor) else a for a in args))))
+    from .kernels.ears_verify import ears_rejection_sample_triton
+
+    return EarsOutput(*ears_rejection_sample_triton(*args))

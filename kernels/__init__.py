@@ -1,0 +1,1 @@
+"""Triton kernels of ears_vllm (installed as the subpackage ``ears_vllm.kernels``)."""

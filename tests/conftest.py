@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU the Triton kernels run under Triton's interpreter. The switch is read when a kernel is decorated,
+# so the kernel module is imported here, once, right after setting it; vLLM's own processes started by the e2e
+# tests get an environment without it (tests/e2e/conftest.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+try:
+    import ears_vllm.kernels.ears_verify  # noqa: F401
+except ImportError:  # triton not installed: the triton-parametrised tests fail with a clear ImportError
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vllm: starts a vLLM engine or server (slow)")
+    config.addinivalue_line("markers", "slow: takes more than ~30 s")
+    # The interpreter evaluates kernels with numpy, which warns on the (intended) -inf arithmetic.
+    config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")

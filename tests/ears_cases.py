@@ -1,0 +1,69 @@
+"""Shared inputs for the EARS tests: ragged batches in vLLM's layout, and a textbook standard sampler."""
+
+import torch
+
+from ears_vllm import PLACEHOLDER_TOKEN_ID
+
+BACKENDS = ["torch", "triton"]
+
+
+def backend_device(backend: str) -> str:
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def make_case(seed, batch=5, max_spec_len=4, vocab=37, draft_probs=False, greedy_frac=0.3, alpha=0.3,
+              per_request_alpha=False, logit_scale=2.0, zero_drafts=True, dtype=torch.float32, device="cpu"):
+    """A random ragged batch. Returns the positional arguments of `ears_rejection_sample`, randomness included."""
+    g = torch.Generator().manual_seed(seed)
+    low = 0 if zero_drafts else 1
+    num_draft = torch.randint(low, max_spec_len + 1, (batch,), generator=g)
+    cu = num_draft.cumsum(0).to(torch.int32)
+    n = int(cu[-1])
+    logits = torch.randn(n, vocab, generator=g) * logit_scale
+    # A few banned tokens per row (top-k / grammar masks), and drafts that sometimes hit them.
+    banned = torch.rand(n, vocab, generator=g) < 0.1
+    logits[banned] = float("-inf")
+    draft = torch.randint(0, vocab, (n,), generator=g)
+    bonus = torch.randint(0, vocab, (batch,), generator=g)
+    temp = torch.where(torch.rand(batch, generator=g) < greedy_frac, 0.0, 0.5 + torch.rand(batch, generator=g))
+    probs = torch.softmax(torch.randn(n, vocab, generator=g), -1) if draft_probs else None
+    if per_request_alpha:
+        alpha = torch.rand(batch, generator=g)
+        alpha[0] = 0.0
+    u = torch.rand(n, dtype=torch.float64, generator=g)
+    noise = torch.empty(batch, vocab).exponential_(generator=g)
+    to = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return tuple(to(t) for t in (draft, cu, logits.to(dtype), bonus, temp, alpha, max_spec_len, probs, u, noise))
+
+
+def standard_speculative_sample(draft, cu, logits, bonus, temp, max_spec_len, draft_probs, u, noise):
+    """Leviathan et al.'s rule written independently of the package (float64): the alpha = 0 oracle."""
+    batch, vocab = cu.numel(), logits.shape[1]
+    out = torch.full((batch, max_spec_len + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int32)
+    start = 0
+    for b in range(batch):
+        end = int(cu[b])
+        for row in range(start, end):
+            x = int(draft[row])
+            l = logits[row].double()
+            if float(temp[b]) < 1e-5:
+                t = int(torch.argmax(l))
+                out[b, row - start] = x if x == t else t
+                if x != t:
+                    break
+                continue
+            p = torch.softmax(l / float(temp[b]), -1)
+            q = torch.zeros(vocab, dtype=torch.float64)
+            if draft_probs is None:
+                q[x] = 1.0
+            else:
+                q = draft_probs[row].double()
+            if q[x] > 0 and float(u[row]) <= float(p[x] / q[x]):
+                out[b, row - start] = x
+                continue
+            out[b, row - start] = int(torch.argmax((p - q).clamp(min=0) / noise[b].double()))
+            break
+        else:
+            out[b, end - start] = int(bonus[b])
+        start = end
+    return out

@@ -1,0 +1,113 @@
+"""CPU path and Triton kernel against the reference: identical tokens for identical randomness."""
+
+import pytest
+import torch
+
+from ears_cases import backend_device, make_case, standard_speculative_sample
+from ears_vllm import ears_rejection_sample
+
+HAS_CUDA = torch.cuda.is_available()
+
+# (batch, max_spec_len, vocab): vocabularies that are not powers of two exercise the block masking.
+SMALL_SHAPES = [(1, 1, 2), (5, 4, 37), (7, 8, 129), (3, 3, 1271), (4, 2, 8193)]
+LARGE_SHAPES = [(32, 4, 32000), (16, 8, 50257)]
+OPTIONS = [
+    dict(draft_probs=False, alpha=0.0),
+    dict(draft_probs=True, alpha=0.0),
+    dict(draft_probs=False, alpha=0.3),
+    dict(draft_probs=True, alpha=0.7),
+    dict(draft_probs=False, per_request_alpha=True),
+    dict(draft_probs=True, per_request_alpha=True, greedy_frac=0.0),
+    dict(draft_probs=False, alpha=1.0, greedy_frac=1.0),
+]
+
+
+def _check(backend, seed, shape, opts, dtype=torch.float32):
+    batch, k, vocab = shape
+    args = make_case(seed, batch=batch, max_spec_len=k, vocab=vocab, dtype=dtype, device=backend_device(backend),
+                     **opts)
+    got = ears_rejection_sample(*args, backend=backend)
+    ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
+                                backend="reference")
+    assert torch.equal(got.output_token_ids.cpu(), ref.output_token_ids)
+    assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
+    assert torch.equal(got.num_tolerance_accepted.cpu(), ref.num_tolerance_accepted)
+    torch.testing.assert_close(got.uncertainty.cpu(), ref.uncertainty, atol=2e-6, rtol=1e-5)
+    return ref
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_torch_path_matches_reference(shape, opts):
+    _check("torch", 1, shape, opts)
+
+
+@pytest.mark.parametrize("shape", LARGE_SHAPES)
+@pytest.mark.parametrize("opts", OPTIONS[1:4])
+def test_torch_path_matches_reference_large(shape, opts):
+    _check("torch", 2, shape, opts)
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_triton_matches_reference(shape, opts):
+    # On CPU this runs under TRITON_INTERPRET=1 (set by the Makefile before triton is imported).
+    _check("triton", 3, shape, opts)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="large-vocabulary kernel shapes need a GPU (interpreter too slow)")
+@pytest.mark.parametrize("shape", [(64, 4, 151936), (256, 1, 128256), (8, 8, 32000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("opts", OPTIONS[1:4])
+def test_triton_matches_torch_path_large_cuda(shape, dtype, opts):
+    batch, k, vocab = shape
+    args = make_case(4, batch=batch, max_spec_len=k, vocab=vocab, dtype=dtype, device="cuda", **opts)
+    got = ears_rejection_sample(*args, backend="triton")
+    ref = ears_rejection_sample(*args, backend="torch")
+    assert torch.equal(got.output_token_ids, ref.output_token_ids)
+    assert torch.equal(got.num_accepted, ref.num_accepted)
+    assert torch.equal(got.num_tolerance_accepted, ref.num_tolerance_accepted)
+    torch.testing.assert_close(got.uncertainty, ref.uncertainty, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+@pytest.mark.parametrize("draft_probs", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_alpha_zero_is_standard_speculative_sampling(backend, draft_probs, seed):
+    args = make_case(seed, batch=8, max_spec_len=5, vocab=61, draft_probs=draft_probs, alpha=0.0,
+                     logit_scale=1.0, device=backend_device(backend))
+    got = ears_rejection_sample(*args, backend=backend)
+    draft, cu, logits, bonus, temp, _, k, probs, u, noise = [a.cpu() if isinstance(a, torch.Tensor) else a
+                                                               for a in args]
+    want = standard_speculative_sample(draft, cu, logits, bonus, temp, k, probs, u, noise)
+    assert torch.equal(got.output_token_ids.cpu(), want)
+    assert int(got.num_tolerance_accepted.sum()) == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_output_invariants(backend):
+    args = make_case(7, batch=16, max_spec_len=6, vocab=97, draft_probs=True, alpha=0.5,
+                     device=backend_device(backend))
+    out = ears_rejection_sample(*args, backend=backend)
+    tokens = out.output_token_ids.cpu()
+    cu = args[1].cpu().long()
+    num_draft = torch.diff(cu, prepend=cu.new_zeros(1))
+    emitted = (tokens != -1).sum(1)
+    # Accepted drafts plus exactly one recovered or bonus token; nothing after the first -1.
+    assert torch.equal(emitted, out.num_accepted.cpu().long() + 1)
+    assert bool((out.num_accepted.cpu() <= num_draft).all())
+    for row in tokens:
+        valid = (row != -1).long()
+        assert torch.equal(valid, valid.cummin(0).values)
+    assert bool((tokens < 97).all())
+    assert bool((out.num_tolerance_accepted <= out.num_accepted).all())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_deterministic_given_generator(backend):
+    args = list(make_case(11, batch=6, vocab=50, device=backend_device(backend)))
+    args[8] = args[9] = None  # randomness drawn from the generator
+    device = backend_device(backend)
+    outs = [ears_rejection_sample(*args, generator=torch.Generator(device).manual_seed(5), backend=backend)
+            for _ in range(2)]
+    assert torch.equal(outs[0].output_token_ids, outs[1].output_token_ids)

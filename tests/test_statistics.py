@@ -1,0 +1,158 @@
+"""Statistical properties of EARS, with fixed seeds and thresholds derived from the math.
+
+Notation: one-hot draft x (or draft distribution q), target p, uncertainty h = 1 - max_v p(v), tolerance alpha.
+The rule accepts with probability a = min(1, p(x)/q(x) + alpha*h) when p(x) > 0, else 0.
+
+Thresholds. An empirical frequency over n i.i.d. draws has standard deviation sigma = sqrt(a(1-a)/n). We allow
+5 sigma: a correct implementation fails with probability < 6e-7 per check (and the seeds are fixed, so a pass is
+reproducible), while each wrong rule we guard against (alpha ignored, h replaced by max p, tolerance applied to
+banned tokens) moves the frequency by >= 0.04, which is >= 10 sigma at the sample sizes used here.
+For distributions we use the total-variation distance TV = 1/2 sum_v |f_v - p_v|; its expectation for n draws is
+about 1/2 sum_v sqrt(2 p_v (1 - p_v) / (pi n)); we allow 3x that.
+"""
+
+import math
+
+import pytest
+import torch
+
+from ears_cases import backend_device
+from ears_vllm import ears_rejection_sample
+
+# The Triton kernel runs the statistics only on a GPU (the interpreter is too slow for 10^5 rows).
+STAT_BACKENDS = ["torch"] + (["triton"] if torch.cuda.is_available() else [])
+
+# A flat target (h = 0.6) over 6 tokens, plus a sharper one (h = 0.3); token 5 is banned in the flat row.
+FLAT = torch.tensor([0.40, 0.20, 0.15, 0.15, 0.10, 0.0])
+SHARP = torch.tensor([0.70, 0.10, 0.10, 0.05, 0.05, 0.0])
+
+
+def _repeat(rows, n, backend, draft_tokens, q_rows=None, alpha=0.0, seed=0):
+    """n identical requests whose K drafts are `draft_tokens` against target rows `rows` (probability vectors)."""
+    g = torch.Generator().manual_seed(seed)
+    k, vocab = len(rows), rows[0].numel()
+    logits = torch.stack([r.log() for r in rows]).repeat(n, 1)
+    draft = torch.tensor(draft_tokens).repeat(n)
+    cu = torch.arange(1, n + 1, dtype=torch.int32) * k
+    q = None if q_rows is None else torch.stack(q_rows).repeat(n, 1)
+    u = torch.rand(n * k, dtype=torch.float64, generator=g)
+    noise = torch.empty(n, vocab).exponential_(generator=g)
+    dev = backend_device(backend)
+    args = [draft, cu, logits, torch.zeros(n, dtype=torch.long), torch.ones(n), alpha, k, q, u, noise]
+    args = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
+    out = ears_rejection_sample(*args, backend=backend)
+    return out.output_token_ids.cpu(), out.num_accepted.cpu()
+
+
+def _tv(counts, p):
+    f = counts.double() / counts.sum()
+    return 0.5 * float((f - p.double()).abs().sum())
+
+
+def _expected_tv(p, n):
+    return 0.5 * sum(math.sqrt(2 * float(pv) * (1 - float(pv)) / (math.pi * n)) for pv in p)
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("with_q", [False, True])
+def test_acceptance_rate_per_position(backend, alpha, with_q):
+    """Position j, once reached, accepts with probability min(1, p_j(x_j)/q_j(x_j) + alpha*h_j)."""
+    n = 60000
+    rows = [FLAT, SHARP, FLAT]
+    drafts = [1, 0, 2]
+    q_rows = [torch.tensor([0.1, 0.5, 0.1, 0.1, 0.1, 0.1]), torch.full((6,), 1 / 6),
+              torch.tensor([0.2, 0.2, 0.3, 0.1, 0.1, 0.1])] if with_q else None
+    _, num_acc = _repeat(rows, n, backend, drafts, q_rows, alpha=alpha, seed=1)
+    for j, (row, x) in enumerate(zip(rows, drafts)):
+        q_x = 1.0 if q_rows is None else float(q_rows[j][x])
+        a = min(1.0, float(row[x]) / q_x + alpha * (1 - float(row.max())))
+        reached = int((num_acc >= j).sum())
+        rate = int((num_acc >= j + 1).sum()) / reached
+        sigma = math.sqrt(a * (1 - a) / reached)
+        assert abs(rate - a) <= 5 * sigma + 1e-12, (j, rate, a, reached)
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("sampled_draft", [False, True])
+def test_alpha_zero_emits_the_target_distribution(backend, sampled_draft):
+    """alpha = 0 is lossless: the first emitted token is distributed as p, and the distance shrinks with n.
+
+    Fixed draft (one-hot q): P(emit x) = p(x), P(emit v) = (1 - p(x)) p(v) / (1 - p(x)) = p(v).
+    Sampled draft x ~ q with q passed in: the classic speculative-sampling theorem.
+    """
+    p = FLAT
+    q = torch.tensor([0.05, 0.05, 0.3, 0.3, 0.2, 0.1])  # q puts mass on the banned token 5
+    tvs = []
+    for n in (2000, 200000):
+        g = torch.Generator().manual_seed(n)
+        drafts = torch.multinomial(q, n, replacement=True, generator=g) if sampled_draft else torch.full((n,), 3)
+        logits = p.log().repeat(n, 1)
+        args = [drafts, torch.arange(1, n + 1, dtype=torch.int32), logits, torch.zeros(n, dtype=torch.long),
+                torch.ones(n), 0.0, 1, q.repeat(n, 1) if sampled_draft else None,
+                torch.rand(n, dtype=torch.float64, generator=g), torch.empty(n, 6).exponential_(generator=g)]
+        dev = backend_device(backend)
+        args = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
+        first = ears_rejection_sample(*args, backend=backend).output_token_ids[:, 0].cpu()
+        tv = _tv(torch.bincount(first, minlength=6), p)
+        assert tv <= 3 * _expected_tv(p, n), (n, tv)
+        tvs.append(tv)
+    assert tvs[1] < tvs[0]
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_ears_emitted_distribution_and_its_cost(backend, alpha):
+    """With one-hot q on x: P(emit x) = a, P(emit v != x) = (1 - a) p(v) / (1 - p(x)), a = min(1, p(x) + alpha*h).
+
+    So the per-token total-variation cost against the target is exactly a - p(x).
+    """
+    p, x, n = FLAT, 2, 200000
+    a = min(1.0, float(p[x]) + alpha * (1 - float(p.max())))
+    want = (1 - a) * p / (1 - p[x])
+    want[x] = a
+    toks, _ = _repeat([p], n, backend, [x], alpha=alpha, seed=3)
+    counts = torch.bincount(toks[:, 0], minlength=6)
+    assert _tv(counts, want) <= 3 * _expected_tv(want, n)
+    assert abs(_tv(counts, p) - (a - float(p[x]))) <= 3 * _expected_tv(want, n)
+    assert int(counts[5]) == 0
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("with_q", [False, True])
+def test_zero_probability_token_never_emitted(backend, alpha, with_q):
+    """Banned tokens (p = 0) are drafted at every position and never emitted, whatever alpha and u."""
+    n, vocab, k = 20000, 16, 3
+    g = torch.Generator().manual_seed(int(alpha * 10) + with_q)
+    logits = torch.randn(n * k, vocab, generator=g) * 0.1  # nearly flat: h close to 1, the largest tolerance
+    banned = torch.rand(n * k, vocab, generator=g) < 0.5
+    banned[:, 0] = False  # keep at least one allowed token per row
+    logits[banned] = float("-inf")
+    draft = torch.where(banned.any(1), banned.float().argmax(1), torch.zeros(n * k, dtype=torch.long))
+    q = torch.softmax(torch.randn(n * k, vocab, generator=g), -1) if with_q else None
+    cu = torch.arange(1, n + 1, dtype=torch.int32) * k
+    args = [draft, cu, logits, torch.zeros(n, dtype=torch.long), torch.ones(n), alpha, k, q,
+            torch.rand(n * k, dtype=torch.float64, generator=g), torch.empty(n, vocab).exponential_(generator=g)]
+    dev = backend_device(backend)
+    args = [t.to(dev) if isinstance(t, torch.Tensor) else t for t in args]
+    toks = ears_rejection_sample(*args, backend=backend).output_token_ids.cpu()
+    for j in range(k):
+        tok = toks[:, j]
+        rows = torch.arange(n) * k + j
+        emitted = tok >= 0
+        assert not bool(banned[rows[emitted], tok[emitted].long()].any())
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+def test_acceptance_monotone_in_alpha(backend):
+    """With the same u, the EARS threshold u - alpha*h only falls as alpha grows: acceptance is pathwise monotone."""
+    n = 20000
+    totals, prev = [], None
+    for alpha in (0.0, 0.1, 0.3, 0.6, 1.0):
+        _, num_acc = _repeat([FLAT, SHARP, FLAT, FLAT], n, backend, [1, 1, 2, 3], alpha=alpha, seed=9)
+        if prev is not None:
+            assert bool((num_acc >= prev).all())
+        prev = num_acc
+        totals.append(int(num_acc.sum()))
+    assert all(b > a for a, b in zip(totals, totals[1:])), totals

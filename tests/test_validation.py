@@ -1,0 +1,77 @@
+"""Bad input gets a ValueError naming the argument; non-finite logits have a defined, tested behaviour."""
+
+import math
+
+import pytest
+import torch
+
+from ears_cases import backend_device, make_case
+from ears_vllm import ears_rejection_sample
+
+ARG_INDEX = {name: i for i, name in enumerate(
+    ["draft_token_ids", "cu_num_draft_tokens", "target_logits", "bonus_token_ids", "temperature", "alpha",
+     "max_spec_len", "draft_probs", "uniform_probs", "recovery_noise"])}
+
+
+def _call_with(name, value, **kw):
+    args = list(make_case(0, batch=4, max_spec_len=3, vocab=11, draft_probs=True, zero_drafts=False))
+    args[ARG_INDEX[name]] = value(args) if callable(value) else value
+    return ears_rejection_sample(*args, **kw)
+
+
+BAD = [
+    ("alpha", -0.1), ("alpha", 1.5), ("alpha", float("nan")), ("alpha", "0.3"), ("alpha", None), ("alpha", True),
+    ("alpha", torch.tensor([0.1, 0.2, float("nan"), 0.3])), ("alpha", torch.tensor([0.1, 2.0, 0.1, 0.1])),
+    ("alpha", torch.tensor([0.1, 0.2])),
+    ("target_logits", lambda a: a[2][0]), ("target_logits", lambda a: a[2].long()),
+    ("target_logits", lambda a: a[2][:, :0]),
+    ("draft_token_ids", lambda a: a[0].float()), ("draft_token_ids", lambda a: a[0] + 100),
+    ("draft_token_ids", lambda a: a[0][None]),
+    ("cu_num_draft_tokens", lambda a: a[1] + 1), ("cu_num_draft_tokens", lambda a: a[1].flip(0)),
+    ("bonus_token_ids", lambda a: a[3][:2]), ("temperature", lambda a: a[4][:1]),
+    ("temperature", lambda a: torch.full_like(a[4], float("nan"))),
+    ("max_spec_len", 1), ("max_spec_len", -1), ("max_spec_len", 2.0),
+    ("draft_probs", lambda a: a[7][:, :5]), ("uniform_probs", lambda a: a[8][:2]),
+    ("recovery_noise", lambda a: a[9].T),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD)])
+def test_bad_input_names_the_argument(name, value):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        _call_with(name, value)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="`backend`"):
+        _call_with("alpha", 0.3, backend="cuda")
+
+
+def _nonfinite_case(device):
+    v = 8
+    logits = torch.zeros(5, v)
+    logits[0, 3] = float("nan")  # NaN counts as -inf: token 3 is never emitted
+    logits[1, 2] = float("inf")  # +inf takes all the mass (p = 1 on token 2; h = 0)
+    logits[1, 5] = float("inf")  # two +inf share it: p = 1/2 each
+    logits[2] = float("-inf")  # nothing allowed: treated as uniform
+    logits[3] = float("nan")
+    logits[4, :4] = float("-inf")
+    draft = torch.tensor([3, 2, 1, 0, 1])
+    cu = torch.tensor([1, 2, 3, 4, 5], dtype=torch.int32)
+    args = [draft, cu, logits, torch.zeros(5, dtype=torch.long), torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]),
+            0.5, 1, None, torch.full((5,), 0.999, dtype=torch.float64), torch.ones(5, v)]
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_nonfinite_logits_have_defined_behaviour(backend):
+    out = ears_rejection_sample(*_nonfinite_case(backend_device(backend)), backend=backend)
+    tok = out.output_token_ids.cpu()
+    h = out.uncertainty.cpu()
+    assert tok[0, 0] == 0  # the NaN token 3 has p = 0: rejected; recovered from the 7 others (noise 1: first max)
+    assert math.isclose(float(h[1]), 0.5, abs_tol=1e-6)  # two +inf tokens share the mass
+    assert tok[1, 0] == 5  # p(2) = 1/2 + alpha*h = 0.75 < u = 0.999: rejected, residual mass all on token 5
+    assert math.isclose(float(h[2]), 1 - 1 / 8, abs_tol=1e-6)  # all -inf: uniform
+    assert tok[2, 0] == 0
+    assert math.isclose(float(h[3]), 1 - 1 / 8, abs_tol=1e-6)  # all NaN: uniform
+    assert tok[4, 0] == 4 and float(h[4]) == 0.0  # greedy: first argmax among the allowed tokens 4..7

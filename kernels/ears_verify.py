@@ -16,9 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-PLACEHOLDER_TOKEN_ID: tl.constexpr = -1
-GREEDY_TEMPERATURE_EPS: tl.constexpr = 1e-5
-FLOAT32_MAX: tl.constexpr = 3.4028234663852886e38
+from .._common import PLACEHOLDER_TOKEN_ID
+
+GREEDY_TEMPERATURE_EPS = tl.constexpr(1e-5)
+FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 MAX_FUSED_SIZE = 8192
 
 

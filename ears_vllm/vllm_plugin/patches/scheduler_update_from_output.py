@@ -1,0 +1,40 @@
+"""Patch ``Scheduler.update_from_output``: move the worker's EARS counters into this step's ``SpecDecodingStats``.
+
+Why: the scheduler builds the per-step ``SpecDecodingStats`` that travel to the front-end; the EARS counters come
+from the worker's sampler, attached to ``ModelRunnerOutput`` as the attribute ``ears_stats`` (see
+``gpu_model_runner.py``; the attribute survives the executor's pickling between worker and engine core).
+How: call the original, then add the counters to the stats of the outgoing ``EngineCoreOutputs`` (created when the
+step had none). Nothing happens when stats are disabled or EARS is off.
+Versions: vLLM 0.32.x (run), 0.33.x (same method, read). ``AsyncScheduler`` inherits it.
+Remove when: vLLM gives rejection samplers a way to report their own statistics.
+"""
+
+from __future__ import annotations
+
+from .spec_decode_metrics_stats import add
+
+
+def apply(scheduler_module) -> None:
+    cls = scheduler_module.Scheduler
+    original = cls.update_from_output
+    if getattr(original, "_ears", False):
+        return
+    from vllm.v1.spec_decode.metrics import SpecDecodingStats
+
+    def update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
+        outputs = original(self, scheduler_output, model_runner_output, *args, **kwargs)
+        ears = getattr(model_runner_output, "ears_stats", None)
+        if ears:
+            for eco in outputs.values():
+                stats = eco.scheduler_stats
+                if stats is None:
+                    continue
+                if stats.spec_decoding_stats is None:
+                    stats.spec_decoding_stats = SpecDecodingStats.new(self.num_spec_tokens)
+                add(stats.spec_decoding_stats, *ears)
+                break
+        return outputs
+
+    update_from_output._ears = True
+    update_from_output.__wrapped__ = original
+    cls.update_from_output = update_from_output

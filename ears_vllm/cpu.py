@@ -14,17 +14,18 @@ from .reference import sanitize_logits
 
 
 def _row_stats(s: torch.Tensor):
-    """Row max and sum(exp(s - max)) of scaled logits ``s`` [n, V]; non-finite rows are sanitised first."""
+    """Row max and log-sum-exp of scaled logits ``s`` [n, V]; non-finite rows are sanitised first."""
     m = s.amax(dim=-1)
     # NaN propagates through amax and +inf / all -inf show up in it: only such rows pay for sanitising.
     bad = ~torch.isfinite(m)
     if bool(bad.any()):
         s = s.clone()
-        s[bad] = sanitize_logits(s[bad])
+        sb = sanitize_logits(s[bad])
+        # Shift those rows by their max: rows of clamped +inf keep their precision in logsumexp.
+        s[bad] = sb - sb.amax(dim=-1, keepdim=True).clamp(min=-FLOAT32_MAX)
         m = s.amax(dim=-1)
-    m_safe = m.clamp(min=-FLOAT32_MAX)  # an all -inf row keeps a finite max, its sum below becomes 0
-    z = torch.exp(s - m_safe[:, None]).sum(dim=-1)
-    return s, m_safe, z
+    # logsumexp is one fused pass here (no [n, V] temporary), unlike exp(s - m).sum().
+    return s, m, torch.logsumexp(s, dim=-1)
 
 
 def ears_rejection_sample_torch(
@@ -64,12 +65,12 @@ def ears_rejection_sample_torch(
     t_eff = torch.where(greedy_req, torch.ones_like(temp), temp)
     if bool((t_eff != 1).any()):
         s = s / t_eff[req][:, None]
-    s, m, z = _row_stats(s)
-    valid = z > 0
+    s, m, lse = _row_stats(s)
+    valid = lse > float("-inf")  # False only for a row with no finite logit: treated as uniform
     s_x = s.gather(1, draft[:, None]).squeeze(1)
     inv_v = 1.0 / vocab_size
-    p_x = torch.where(valid, torch.exp(s_x - m) / z, torch.full_like(z, inv_v))
-    max_p = torch.where(valid, 1.0 / z, torch.full_like(z, inv_v))
+    p_x = torch.where(valid, torch.exp(s_x - lse), torch.full_like(lse, inv_v))
+    max_p = torch.where(valid, torch.exp(m - lse), torch.full_like(lse, inv_v))
     h = torch.where(greedy, torch.zeros_like(max_p), 1.0 - max_p)
 
     if draft_probs is None:
@@ -111,7 +112,7 @@ def ears_rejection_sample_torch(
         rand = ~greedy_req[rej_req]
         if bool(rand.any()):
             rb, rr = rej_req[rand], rej_row[rand]
-            p = torch.exp(s[rr] - m[rr][:, None]) / z[rr][:, None]
+            p = torch.exp(s[rr] - lse[rr][:, None])
             p = torch.where(valid[rr][:, None], p, torch.full_like(p, inv_v))
             if draft_probs is None:
                 residual = p.scatter(1, draft[rr][:, None], 0.0)

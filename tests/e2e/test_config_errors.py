@@ -1,0 +1,84 @@
+"""Bad EARS settings stop `vllm serve` before any model loads, with one line naming the key, value and allowed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from .conftest import TARGET, engine_env, free_port, requires_models, serve_command
+
+pytestmark = [pytest.mark.vllm, requires_models]
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+
+CASES = {
+    "alpha_above_1": ({**NGRAM, "rejection_sampler": "ears", "alpha": 1.5},
+                      "speculative_config['alpha']=1.5 is not allowed: it must be a number in [0, 1]"),
+    "unknown_sampler": ({**NGRAM, "rejection_sampler": "typical"},
+                        "speculative_config['rejection_sampler']='typical' is not allowed: use one of 'standard', 'ears'"),
+    "no_method": ({"rejection_sampler": "ears", "alpha": 0.3},
+                  "speculative_config['rejection_sampler']='ears' is not allowed without a speculative method"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_vllm_serve_exits_fast_with_one_line(case):
+    config, message = CASES[case]
+    start = time.monotonic()
+    proc = subprocess.run(serve_command(free_port(), config), capture_output=True, text=True, env=engine_env(),
+                          timeout=90)
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert elapsed < 60, elapsed
+    lines = [line for line in output.splitlines() if message in line]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output[-2000:]
+    assert "Traceback" not in output
+    assert "Loading weights" not in output and "Starting to load model" not in output
+
+
+# The rest of the rules, checked in-process on the same code path (EngineArgs -> VllmConfig), no engine started.
+BAD = [
+    ({**NGRAM, "rejection_sampler": "ears", "alpha": -0.1}, "speculative_config['alpha']=-0.1"),
+    ({**NGRAM, "rejection_sampler": "ears", "alpha": float("nan")}, "speculative_config['alpha']=nan"),
+    ({**NGRAM, "rejection_sampler": "ears", "alpha": "0.3"}, "speculative_config['alpha']='0.3'"),
+    ({**NGRAM, "rejection_sampler": "ears", "alpha": True}, "speculative_config['alpha']=True"),
+    ({**NGRAM, "rejection_sampler": "ears", "alpha": None}, "speculative_config['alpha']=None"),
+    ({**NGRAM, "rejection_sampler": 1}, "speculative_config['rejection_sampler']=1"),
+    ({**NGRAM, "alpha": 0.3}, "speculative_config['alpha']=0.3 is not allowed with rejection_sampler='standard'"),
+    ({"alpha": 0.3}, "speculative_config['alpha']=0.3 is not allowed with rejection_sampler='standard'"),
+    ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "synthetic"},
+     "speculative_config['rejection_sample_method']='synthetic' is not allowed with rejection_sampler='ears'"),
+]
+
+
+@pytest.fixture(scope="module")
+def engine_args_cls():
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs
+
+
+@pytest.mark.parametrize("config,message", BAD, ids=[m.split(" is")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_config_in_process(engine_args_cls, config, message):
+    from ears_vllm.vllm_plugin import EarsConfigError
+
+    args = engine_args_cls(model=TARGET, speculative_config=json.loads(json.dumps(config)), enforce_eager=True,
+                           max_model_len=256)
+    with pytest.raises(EarsConfigError) as e:
+        args.create_engine_config()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_good_config_reaches_additional_config(engine_args_cls):
+    args = engine_args_cls(model=TARGET, speculative_config={**NGRAM, "rejection_sampler": "ears"},
+                           enforce_eager=True, max_model_len=256)
+    config = args.create_engine_config()
+    assert config.additional_config["ears"] == {"rejection_sampler": "ears", "alpha": 0.3}  # the default alpha
+    assert config.speculative_config.method == "ngram"
+    assert not config.use_v2_model_runner

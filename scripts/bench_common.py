@@ -173,3 +173,155 @@ def progress(iterable, total=None, desc=None, disable=False):
         return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True)
     except ImportError:
         return iterable
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vLLM engine arms (bench_e2e.py, eval_accuracy.py). One engine per process: vLLM spawns workers, and a second
+# LLM(...) in the same process is not reliably freed on CPU. The parent writes a job JSON and runs this file as a
+# worker; the worker starts one engine, warms it up, then runs each (temperature, alpha) pass on the same prompts
+# with the same per-prompt seeds and records wall time, output tokens, texts and spec-decode counter deltas.
+# ---------------------------------------------------------------------------------------------------------------
+
+SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens")
+PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
+
+def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: float = None,
+                       draft_sample_method: str = None):
+    """The --speculative-config dict of an arm (None for no speculation). EARS keys come from the plugin."""
+    if sampler == "none":
+        return None
+    spec = {"method": method, "num_speculative_tokens": k, "rejection_sampler": sampler}
+    if method == "draft_model":
+        spec["model"] = draft
+        if draft_sample_method:
+            spec["draft_sample_method"] = draft_sample_method
+    elif method == "ngram":
+        spec.update(prompt_lookup_max=4, prompt_lookup_min=1)
+    if sampler == "ears" and alpha is not None:
+        spec["alpha"] = alpha
+    return spec
+
+
+def _spec_snapshot(llm) -> dict:
+    out = {}
+    for m in llm.get_metrics():
+        if m.name in SPEC_COUNTERS:
+            out[m.name] = out.get(m.name, 0) + m.value
+        elif m.name == PER_POS:
+            vals = out.setdefault(PER_POS, [])
+            for i, v in enumerate(m.values):
+                if i >= len(vals):
+                    vals.append(0)
+                vals[i] += v
+    return out
+
+
+def _spec_delta(after: dict, before: dict) -> dict:
+    d = {name: after.get(name, 0) - before.get(name, 0) for name in SPEC_COUNTERS}
+    a, b = after.get(PER_POS, []), before.get(PER_POS, [])
+    d[PER_POS] = [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
+    return d
+
+
+def engine_worker(job_path: str, out_path: str) -> None:
+    import json
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    with open(job_path) as f:
+        job = json.load(f)
+    from vllm import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True, dtype="float32",
+              max_model_len=job.get("max_model_len", 512), disable_log_stats=False, seed=0)
+    startup_s = time.perf_counter() - t0
+    # Warm-up pass over the same prompts (first-call allocations, lazy imports), excluded from every timing.
+    llm.generate(job["prompts"], SamplingParams(temperature=1.0, max_tokens=16, seed=0), use_tqdm=False)
+    results = []
+    for run in job["runs"]:
+        extra = {"ears_alpha": run["alpha"]} if run.get("alpha") is not None else None
+        params = [SamplingParams(temperature=run["temperature"], max_tokens=job["max_tokens"],
+                                 seed=run["seed"] + i, extra_args=extra) for i in range(len(job["prompts"]))]
+        before = _spec_snapshot(llm)
+        t0 = time.perf_counter()
+        outs = llm.generate(job["prompts"], params, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        delta = _spec_delta(_spec_snapshot(llm), before)
+        results.append(dict(run, wall_s=wall, load1=load1(), spec=delta,
+                            texts=[o.outputs[0].text for o in outs],
+                            output_tokens=[len(o.outputs[0].token_ids) for o in outs]))
+    with open(out_path, "w") as f:
+        json.dump({"startup_s": startup_s, "results": results}, f)
+
+
+def run_engine_job(job: dict, timeout_s: float = 3600, log_path: str = None) -> dict:
+    """Run one engine job in a fresh process (this file as the worker); returns its results dict."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jp, op = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
+        with open(jp, "w") as f:
+            json.dump(job, f)
+        env = dict(os.environ)
+        env.pop("TRITON_INTERPRET", None)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        log = open(log_path, "w") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--engine-worker", jp, op],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.PIPE,
+                                  timeout=timeout_s, text=True)
+        finally:
+            if log_path:
+                log.close()
+        if proc.returncode != 0:
+            tail = open(log_path).read()[-4000:] if log_path else (proc.stderr or "")[-4000:]
+            raise RuntimeError(f"engine worker failed ({proc.returncode}):\n{tail}")
+        with open(op) as f:
+            return json.load(f)
+
+
+def spec_summary(spec: dict, k: int) -> dict:
+    """Mean acceptance length (1 + accepted / drafts, vLLM's definition) and per-position acceptance rates."""
+    drafts = spec.get("vllm:spec_decode_num_drafts", 0)
+    accepted = spec.get("vllm:spec_decode_num_accepted_tokens", 0)
+    draft_tokens = spec.get("vllm:spec_decode_num_draft_tokens", 0)
+    per_pos = list(spec.get(PER_POS, []))[:k] + [0] * max(0, k - len(spec.get(PER_POS, [])))
+    return dict(num_drafts=drafts, draft_tokens=draft_tokens, accepted_tokens=accepted,
+                mean_accept_len=(1 + accepted / drafts) if drafts else float("nan"),
+                accept_rate=accepted / draft_tokens if draft_tokens else float("nan"),
+                per_pos=[p / drafts if drafts else float("nan") for p in per_pos])
+
+
+def wilson_ci(successes: int, n: int, z: float = 1.96):
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / den
+    return mid - half, mid + half
+
+
+def paired_diff_ci(a, b, z: float = 1.96):
+    """Mean of a - b (paired 0/1 outcomes on the same items) with a normal-approximation 95% interval."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / max(n - 1, 1)
+    half = z * (var / n) ** 0.5
+    return mean, mean - half, mean + half
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--engine-worker":
+        engine_worker(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit("usage: bench_common.py --engine-worker JOB.json OUT.json")

@@ -93,10 +93,12 @@ def shape_set(name: str, device: str):
         pts += [(32, k, 32000) for k in (1, 2, 8)]
         pts += [(32, 4, v) for v in (128256, 151936)]
         return [Config(b, k, v, dt, dp) for dp in (False, True) for dt in ("fp32", "bf16") for (b, k, v) in pts]
-    if name == "grid":  # full product (GPU)
-        return [Config(b, k, v, dt, dp)
-                for dp in (False, True) for dt in ("fp32", "bf16") for v in (32000, 128256, 151936)
-                for k in (1, 4, 8) for b in (1, 8, 32, 64, 128, 256)]
+    if name == "grid":  # full product (GPU); the target point first, so a --budget-s cut never loses it
+        first = shape_set("target", device)
+        return first + [c for c in (Config(b, k, v, dt, dp)
+                                    for dp in (False, True) for dt in ("fp32", "bf16")
+                                    for v in (32000, 128256, 151936) for k in (1, 4, 8)
+                                    for b in (1, 8, 32, 64, 128, 256)) if c not in first]
     if name == "target":
         b, k, v = (64, 4, 151936) if device.startswith("cuda") else (32, 4, 32000)
         return [Config(b, k, v, dt, dp) for dt in ("fp32", "bf16") for dp in (False, True)]
@@ -223,6 +225,16 @@ def bytes_moved(provider: str, cfg: Config, rejected: int) -> int:
     return stock + (n * v * f if provider == "ears_unfused" else 0)
 
 
+def _typed(row: dict) -> dict:
+    """A CSV row with the numeric columns the summary and plots use converted back from text."""
+    out = dict(row)
+    for c in ("batch", "k", "vocab", "draft_probs", "threads"):
+        out[c] = int(out[c])
+    for c in ("ms_p50", "ms_p20", "ms_p80", "gbps", "peak_gbps", "ratio_to_stock", "temperature", "alpha"):
+        out[c] = float(out[c]) if out[c] != "" else float("nan")
+    return out
+
+
 def _tokens(out):
     return out.output_token_ids if hasattr(out, "output_token_ids") else out
 
@@ -249,7 +261,9 @@ def run(args):
     env = bc.env_columns(device)
     shape_name = args.shapes or ("quick" if args.quick else ("grid" if device.startswith("cuda") else "sweep"))
     cfgs = shape_set(shape_name, device)
-    rep_ms = args.rep_ms if args.rep_ms else (50.0 if args.quick else 200.0)
+    rep_ms = args.rep_ms if args.rep_ms else (50.0 if args.quick else 100.0 if device.startswith("cuda") else 200.0)
+    if args.reference_max_elems is None:  # the reference runs on the CPU: keep it to small shapes on CUDA
+        args.reference_max_elems = 1_000_000 if device.startswith("cuda") else 5_000_000
     warmup_ms = 10.0 if args.quick else 25.0
     out = bc.LongCsv(args.out, COLUMNS, append=args.append)
     print(f"[bench_kernel] {env['device']} | torch {env['torch']} triton {env['triton']} | threads "
@@ -378,21 +392,32 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rep-ms", type=float, default=None, help="measurement time per provider and shape")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new shapes after this many s")
-    ap.add_argument("--reference-max-elems", type=int, default=5_000_000, help="run `reference` when N*V <= this")
+    ap.add_argument("--reference-max-elems", type=int, default=None,
+                    help="run `reference` when N*V <= this (default 5e6 on CPU, 1e6 on CUDA)")
     ap.add_argument("--stock-source", choices=("auto", "installed", "extracted"), default="auto")
     ap.add_argument("--stock-dir", default=".stock", help="folder holding vllm_stock/ (extract_vllm_stock.py)")
     ap.add_argument("--fix-cpu-expand", action="store_true", help="time stock with a correct CPU expand kernel")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--plot-only", metavar="CSV", help="only redraw the PNGs of an existing CSV (e.g. from a GPU)")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        rows = [_typed(r) for r in bc.read_csv(args.plot_only)]
+        summarize(rows, "cuda" if rows and rows[0]["device_type"] == "cuda" else "cpu")
+        for path in plot(rows, args.plot_only, args.device):
+            print(f"[bench_kernel] wrote {path}", file=sys.stderr)
+        return
     if args.out is None:
         tag = "cuda" if args.device.startswith("cuda") else "cpu"
         args.out = f"results/bench_kernel_{tag}{'_quick' if args.quick else ''}.csv"
     rows = run(args)
     summarize(rows, args.device)
     if not args.no_plots:
-        for path in plot(rows, args.out, args.device):
-            print(f"[bench_kernel] wrote {path}", file=sys.stderr)
+        try:
+            for path in plot(rows, args.out, args.device):
+                print(f"[bench_kernel] wrote {path}", file=sys.stderr)
+        except ImportError as e:  # e.g. no matplotlib on the GPU machine: redraw later with --plot-only
+            print(f"[bench_kernel] no plots ({e}); run --plot-only {args.out} elsewhere", file=sys.stderr)
     print(f"[bench_kernel] wrote {args.out} ({len(rows)} rows)", file=sys.stderr)
 
 

@@ -1,0 +1,185 @@
+"""End-to-end throughput and quality of EARS in the real vLLM engine (offline ``LLM``), against standard and none.
+
+Arms, all on the same prompts (the task's held-out split, ``ears_vllm.task.format_prompt``) with the same
+per-prompt seeds: no speculation; for each method (ngram, draft_model): vLLM's standard rejection sampler, and
+EARS at each alpha (one engine per (method, sampler); EARS alphas are set per request through
+``SamplingParams.extra_args["ears_alpha"]``); at each temperature. Engines run one at a time, each in its own
+process (``bench_common.run_engine_job``), with a warm-up pass excluded from the timings.
+
+Measured per arm: output tokens/s (output tokens / wall time of the pass), mean acceptance length
+(1 + accepted / drafts, vLLM's definition, from the engine's spec-decode counters) and per-position acceptance
+rates, accuracy on the task (``ears_vllm.task.score``) and its change in points vs the standard arm of the same
+method and temperature (paired 95% interval) -- the quality cost.
+
+Usage::
+
+    python scripts/bench_e2e.py --quick                      # draft_model, T=1, alpha 0.3: 3 engines
+    python scripts/bench_e2e.py --n 64                       # the full matrix: 5 engines
+    python scripts/bench_e2e.py --target DIR --draft DIR --data my_gsm.jsonl
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from ears_vllm import task  # noqa: E402
+
+MAX_K = 8
+COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompts", "max_tokens", "k", "method",
+            "sampler", "alpha", "temperature", "output_tokens", "wall_s", "tokens_per_s", "speedup_vs_standard",
+            "speedup_vs_nospec", "mean_accept_len", "accept_rate", "num_drafts"]
+           + [f"accept_pos{i}" for i in range(1, MAX_K + 1)]
+           + ["accuracy", "delta_pts_vs_standard", "delta_lo", "delta_hi", "startup_s"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="EARS end-to-end benchmark in vLLM (see module docstring)")
+    ap.add_argument("--target", default=os.path.join(ROOT, "models", "target"))
+    ap.add_argument("--draft", default=os.path.join(ROOT, "models", "draft"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "data", "gsm_synth_test.jsonl"))
+    ap.add_argument("--n", type=int, default=64, help="prompts (first N problems)")
+    ap.add_argument("--methods", default="ngram,draft_model")
+    ap.add_argument("--samplers", default="none,standard,ears", help="subset of none,standard,ears")
+    ap.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5")
+    ap.add_argument("--temperatures", default="0,0.7,1.0")
+    ap.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
+    ap.add_argument("--draft-sample-method", choices=("greedy", "probabilistic"), default=None)
+    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--max-model-len", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="draft_model, T=1.0, alpha 0.3, 8 prompts")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--log", default=None, help="prefix for engine logs")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.methods, args.alphas, args.temperatures = "draft_model", "0.3", "1.0"
+        args.n, args.max_tokens = min(args.n, 8), min(args.max_tokens, 96)
+    if args.out is None:
+        args.out = os.path.join(ROOT, "results", f"bench_e2e{'_quick' if args.quick else ''}.csv")
+    methods = args.methods.split(",")
+    samplers = args.samplers.split(",")
+    alphas = [float(a) for a in args.alphas.split(",")]
+    temps = [float(t) for t in args.temperatures.split(",")]
+    items = task.load_jsonl(args.data)[: args.n]
+    prompts = [task.format_prompt(r["question"]) for r in items]
+    golds = [r["answer"] for r in items]
+
+    engines = []
+    if "none" in samplers:
+        engines.append(("none", "none", [dict(temperature=t, alpha=None, seed=args.seed) for t in temps]))
+    for m in methods:
+        if "standard" in samplers:
+            engines.append((m, "standard", [dict(temperature=t, alpha=None, seed=args.seed) for t in temps]))
+        if "ears" in samplers:
+            engines.append((m, "ears", [dict(temperature=t, alpha=a, seed=args.seed) for t in temps for a in alphas]))
+    results = []
+    for i, (method, sampler, runs) in enumerate(bc.progress(engines, desc="engines")):
+        job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=runs,
+                   max_model_len=args.max_model_len,
+                   speculative_config=bc.speculative_config(method, sampler, args.draft, args.k,
+                                                            draft_sample_method=args.draft_sample_method))
+        res = bc.run_engine_job(job, log_path=args.log and f"{args.log}.{method}.{sampler}.log")
+        for r in res["results"]:
+            results.append(dict(r, method=method, sampler=sampler, startup_s=res["startup_s"]))
+
+    def find(method, sampler, t):
+        return next((r for r in results if r["method"] == method and r["sampler"] == sampler
+                     and r["temperature"] == t), None)
+
+    device = bc.device_name("cpu")
+    csv_out = bc.LongCsv(args.out, COLUMNS)
+    rows = []
+    for r in results:
+        ok = [task.score(x, g) for x, g in zip(r["texts"], golds)]
+        tps = sum(r["output_tokens"]) / r["wall_s"]
+        std, nos = find(r["method"], "standard", r["temperature"]), find("none", "none", r["temperature"])
+        std_ok = [task.score(x, g) for x, g in zip(std["texts"], golds)] if std else None
+        d, dlo, dhi = bc.paired_diff_ci(ok, std_ok) if std else (float("nan"),) * 3
+        ss = bc.spec_summary(r["spec"], args.k) if r["sampler"] != "none" else bc.spec_summary({}, args.k)
+        row = dict(timestamp=bc.timestamp(), device=device, load1=r["load1"], target=args.target,
+                   draft=args.draft if r["method"] == "draft_model" else "", data=args.data, n_prompts=len(prompts),
+                   max_tokens=args.max_tokens, k=args.k, method=r["method"], sampler=r["sampler"],
+                   alpha=r["alpha"] if r["alpha"] is not None else "", temperature=r["temperature"],
+                   output_tokens=sum(r["output_tokens"]), wall_s=r["wall_s"], tokens_per_s=tps,
+                   speedup_vs_standard=tps / (sum(std["output_tokens"]) / std["wall_s"]) if std else float("nan"),
+                   speedup_vs_nospec=tps / (sum(nos["output_tokens"]) / nos["wall_s"]) if nos else float("nan"),
+                   mean_accept_len=ss["mean_accept_len"], accept_rate=ss["accept_rate"], num_drafts=ss["num_drafts"],
+                   accuracy=sum(ok) / len(ok), delta_pts_vs_standard=100 * d, delta_lo=100 * dlo,
+                   delta_hi=100 * dhi, startup_s=r["startup_s"])
+        for j in range(MAX_K):
+            row[f"accept_pos{j + 1}"] = ss["per_pos"][j] if j < len(ss["per_pos"]) else float("nan")
+        csv_out.write(row)
+        rows.append(row)
+    print_table(rows)
+    if not args.no_plots:
+        for path in plot(rows, args.out):
+            print(f"[bench_e2e] wrote {path}", file=sys.stderr)
+    print(f"[bench_e2e] wrote {args.out} ({len(rows)} rows)", file=sys.stderr)
+    return rows
+
+
+def print_table(rows):
+    print(f"{'method':>11} {'sampler':>8} {'alpha':>5} {'T':>4} | {'tok/s':>7} | {'x std':>6} | {'x none':>6} | "
+          f"{'acc len':>7} | {'accuracy':>8} | {'d pts vs std (95% CI)':>24}")
+    for r in rows:
+        print(f"{r['method']:>11} {r['sampler']:>8} {str(r['alpha']):>5} {r['temperature']:>4} | "
+              f"{r['tokens_per_s']:7.1f} | {r['speedup_vs_standard']:6.3f} | {r['speedup_vs_nospec']:6.3f} | "
+              f"{r['mean_accept_len']:7.3f} | {100 * r['accuracy']:7.1f}% | "
+              f"{r['delta_pts_vs_standard']:+6.2f} [{r['delta_lo']:+6.2f}, {r['delta_hi']:+6.2f}]")
+
+
+def plot(rows, out_csv):
+    """Per method: tokens/s, acceptance length and accuracy change vs alpha, one line per temperature."""
+    ears = [r for r in rows if r["sampler"] == "ears"]
+    if not ears:
+        return []
+    plt = bc.pyplot()
+    methods = sorted({r["method"] for r in ears})
+    temps = sorted({r["temperature"] for r in ears})
+    fig, axes = plt.subplots(len(methods), 3, figsize=(13, 3.6 * len(methods)), squeeze=False)
+    for mi, m in enumerate(methods):
+        for ti, t in enumerate(temps):
+            pts = sorted((r["alpha"], r) for r in ears if r["method"] == m and r["temperature"] == t)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            color = f"C{ti}"
+            axes[mi][0].plot(xs, [p[1]["tokens_per_s"] for p in pts], "o-", color=color, label=f"EARS T={t}")
+            axes[mi][1].plot(xs, [p[1]["mean_accept_len"] for p in pts], "o-", color=color, label=f"EARS T={t}")
+            axes[mi][2].errorbar(xs, [p[1]["delta_pts_vs_standard"] for p in pts],
+                                 yerr=[[p[1]["delta_pts_vs_standard"] - p[1]["delta_lo"] for p in pts],
+                                       [p[1]["delta_hi"] - p[1]["delta_pts_vs_standard"] for p in pts]],
+                                 fmt="o-", color=color, capsize=3, label=f"T={t}")
+            for r in rows:
+                if r["temperature"] != t:
+                    continue
+                if r["method"] == m and r["sampler"] == "standard":
+                    axes[mi][0].axhline(r["tokens_per_s"], color=color, ls="--", lw=0.8)
+                    axes[mi][1].axhline(r["mean_accept_len"], color=color, ls="--", lw=0.8)
+                if r["sampler"] == "none":
+                    axes[mi][0].axhline(r["tokens_per_s"], color=color, ls=":", lw=0.8)
+        axes[mi][2].axhline(-0.5, color="k", ls="--", lw=0.8, label="-0.5 pt bound")
+        axes[mi][2].axhline(0, color="k", lw=0.5)
+        for ax, yl in zip(axes[mi], ("output tokens/s", "mean acceptance length", "accuracy change (pts)")):
+            ax.set_xlabel("alpha")
+            ax.set_ylabel(yl)
+            ax.set_title(f"{m} (dashed: standard, dotted: no spec)" if yl.startswith("output") else m, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{rows[0]['device']} | {os.path.basename(str(rows[0]['target']))} | "
+                 f"{rows[0]['n_prompts']} prompts, k={rows[0]['k']}", fontsize=9)
+    fig.tight_layout()
+    path = os.path.splitext(out_csv)[0] + ".png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+if __name__ == "__main__":
+    main()

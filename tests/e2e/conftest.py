@@ -67,14 +67,16 @@ def serve_command(port: int, speculative_config: dict | None, *extra: str) -> li
 
 
 class Server:
-    def __init__(self, name: str, speculative_config: dict | None, *extra: str, log_dir: Path):
+    def __init__(self, name: str, speculative_config: dict | None, *extra: str, log_dir: Path,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(serve_command(self.port, speculative_config, *extra), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=engine_env(), start_new_session=True)
+                                     stderr=subprocess.STDOUT, env={**engine_env(), **(env or {})},
+                                     start_new_session=True)
 
     def wait_ready(self) -> "Server":
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

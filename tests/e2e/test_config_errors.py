@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,13 @@ def test_good_config_reaches_additional_config(engine_args_cls):
     assert config.additional_config["ears"] == {"rejection_sampler": "ears", "alpha": 0.3}  # the default alpha
     assert config.speculative_config.method == "ngram"
     assert not config.use_v2_model_runner
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_config_files_are_valid_ears_configs(path):
+    from ears_vllm.vllm_plugin.config import pop_ears_settings
+
+    config = json.loads(path.read_text())
+    settings = pop_ears_settings(config, has_method=bool(config.get("method")))
+    assert settings is not None and settings.enabled and 0 <= settings.alpha <= 1

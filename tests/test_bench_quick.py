@@ -105,3 +105,97 @@ def test_extracted_stock_matches_ears_alpha0():
     """)
     proc = _run(["-c", code, STOCK_DIR], TRITON_INTERPRET="1")
     assert proc.stdout.strip().endswith("ok")
+
+
+TARGET = os.environ.get("EARS_E2E_TARGET", os.path.join(ROOT, "models", "target"))
+DRAFT = os.environ.get("EARS_E2E_DRAFT", os.path.join(ROOT, "models", "draft"))
+TEST_DATA = os.path.join(ROOT, "data", "gsm_synth_test.jsonl")
+
+
+def _task_data(tmp_path):
+    if os.path.exists(TEST_DATA):
+        return TEST_DATA
+    sys.path.insert(0, ROOT)
+    from ears_vllm import task
+
+    path = tmp_path / "gsm.jsonl"
+    task.write_jsonl(path, task.generate_problems(8, seed=123))
+    return str(path)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not (os.path.exists(os.path.join(TARGET, "config.json"))
+                         and os.path.exists(os.path.join(DRAFT, "config.json"))),
+                    reason=f"model pair missing ({TARGET}, {DRAFT}): run `make models`")
+def test_bench_e2e_quick_one_engine(tmp_path):
+    """bench_e2e.py --quick restricted to the EARS engine (one engine start; alphas per request)."""
+    out = tmp_path / "e2e.csv"
+    _run([os.path.join(SCRIPTS, "bench_e2e.py"), "--quick", "--samplers", "ears", "--alphas", "0,0.3", "--n", "4",
+          "--max-tokens", "32", "--target", TARGET, "--draft", DRAFT, "--data", _task_data(tmp_path),
+          "--out", str(out)], timeout=900)
+    rows = _rows(out)
+    assert [(r["sampler"], float(r["alpha"])) for r in rows] == [("ears", 0.0), ("ears", 0.3)]
+    for r in rows:
+        assert float(r["tokens_per_s"]) > 0 and int(r["output_tokens"]) > 0
+        assert float(r["mean_accept_len"]) >= 1.0 and int(r["num_drafts"]) > 0
+        assert 0.0 <= float(r["accept_pos1"]) <= 1.0 and 0.0 <= float(r["accuracy"]) <= 1.0
+    assert (tmp_path / "e2e.png").stat().st_size > 1000
+
+
+def test_eval_accuracy_quick_server_mode(tmp_path):
+    """eval_accuracy.py --quick against a stand-in OpenAI-compatible server (no engine): table and CSV."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    sys.path.insert(0, ROOT)
+    from ears_vllm import task
+
+    data = _task_data(tmp_path)
+    answers = {task.format_prompt(r["question"]): r["answer"] for r in task.load_jsonl(data)}
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0,
+                                                    "owned_by": "test"}]})
+
+        def do_POST(self):
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            alpha = (req.get("vllm_xargs") or {}).get("ears_alpha")
+            seen.append(alpha)
+            # right at alpha 0, wrong on every other problem at alpha 0.3: a known accuracy change
+            text = " " + answers[req["prompt"]]
+            if alpha and req["seed"] % 2:
+                text = " #### -1"
+            self._send({"id": "x", "object": "text_completion", "created": 0, "model": "stand-in",
+                        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}})
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "eval.csv"
+        proc = _run([os.path.join(SCRIPTS, "eval_accuracy.py"), "--quick", "--n", "8", "--data", data,
+                     "--server", f"http://127.0.0.1:{srv.server_address[1]}", "--out", str(out)], timeout=120)
+    finally:
+        srv.shutdown()
+    rows = _rows(out)
+    assert {(r["sampler"], r["alpha"]) for r in rows} >= {("ears", "0"), ("ears", "0.3")}
+    by_alpha = {r["alpha"]: r for r in rows if r["sampler"] == "ears"}
+    assert float(by_alpha["0"]["accuracy"]) == 1.0
+    assert float(by_alpha["0.3"]["accuracy"]) == 0.5
+    assert float(by_alpha["0.3"]["delta_pts"]) == -50.0
+    assert float(by_alpha["0.3"]["delta_lo"]) < -50.0 < float(by_alpha["0.3"]["delta_hi"])
+    assert "acc. change pts" in proc.stdout and set(seen) == {0.0, 0.3}

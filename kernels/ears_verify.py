@@ -1,25 +1,29 @@
-"""Fused EARS verification in Triton.
+"""Fused EARS verification in Triton: two launches, and probabilities are never materialised.
 
-Two launches, and probabilities are never materialised:
-1. ``_ears_row_stats_kernel``, grid ``(batch, max_spec_len, num_splits)``: one streaming pass over each draft
-   position's logits (temperature division fused) gives, per vocabulary split, the online max, the sum of exp and the
-   argmax. Splitting a row over several programs keeps the GPU's memory system busy when batch * K is small.
-2. ``_ears_verify_kernel``, grid ``(batch,)``: per request, combines the splits of every position into
-   (max, Z, argmax); from them alone: max_v p = 1 / Z, p(x) = exp(l_x - max) / Z, h = 1 - max_v p and the EARS
-   decision  p(x) > 0 and q(x) > 0 and p(x)/q(x) >= u - alpha*h  (argmax matching for greedy requests). At the first
-   rejection, and only there, a second pass over that one row draws the recovered token from max(p - q, 0) with the
-   caller's exponential noise (vLLM's exponential race); otherwise the bonus token is written.
+1. ``_ears_row_stats_kernel``, grid ``(batch, max_spec_len, splits)``: one pass over each draft position's logits
+   (temperature division fused) gives, per vocabulary split, the online max, the sum of exp and the argmax.
+   Splitting rows keeps the GPU's memory system busy when batch * K is small.
+2. ``_ears_verify_kernel``, grid ``(batch, splits)``: every program of a request combines the splits of each
+   position into (max, Z, argmax) and, from them alone, gets max_v p = 1 / Z, p(x) = exp(l_x - max) / Z,
+   h = 1 - max_v p and the EARS decision  p(x) > 0 and q(x) > 0 and p(x)/q(x) >= u - alpha*h  (argmax matching for
+   greedy requests). Split 0 writes the accepted tokens, the bonus token or a greedy request's recovered token.
+   Where a random request rejected, and only there, each program makes the second pass over its split of that one
+   row: the residual max(p - q, 0) in an exponential race with the caller's noise (vLLM's recovered-token
+   sampling); the last program to finish (an atomic counter per request) takes the earliest argmax of the splits.
 
 Bytes moved: one read of the logits, plus one row of logits (+ draft probs, + noise) per rejecting request.
 """
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .._common import PLACEHOLDER_TOKEN_ID
+from .._common import PLACEHOLDER_TOKEN_ID as _PLACEHOLDER
+
+PLACEHOLDER_TOKEN_ID = tl.constexpr(_PLACEHOLDER)
 
 GREEDY_TEMPERATURE_EPS = tl.constexpr(1e-5)
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
@@ -54,6 +58,7 @@ def _ears_row_stats_kernel(
     split_sum_ptr,  # [num_tokens, NUM_SPLITS] float32 out
     split_best_ptr,  # [num_tokens, NUM_SPLITS] float32 out
     split_argmax_ptr,  # [num_tokens, NUM_SPLITS] int32 out
+    counter_ptr,  # [batch] int32 out: zeroed here for the verify kernel
     vocab_size,
     split_size,
     NUM_SPLITS: tl.constexpr,
@@ -63,6 +68,8 @@ def _ears_row_stats_kernel(
     pos = tl.program_id(1)
     split = tl.program_id(2)
     start, num_draft = _request_span(cu_num_draft_tokens_ptr, req)
+    if (pos == 0) & (split == 0):
+        tl.store(counter_ptr + req, 0)
     if pos < num_draft:
         row = (start + pos).to(tl.int64)
         temp = tl.load(temperature_ptr + req).to(tl.float32)
@@ -107,23 +114,33 @@ def _ears_verify_kernel(
     alpha_ptr,  # [batch] (read only when not SCALAR_ALPHA)
     alpha_scalar,
     uniform_probs_ptr,  # [num_tokens] float64
-    split_max_ptr,  # [num_tokens, NUM_SPLITS]
-    split_sum_ptr,  # [num_tokens, NUM_SPLITS]
-    split_best_ptr,  # [num_tokens, NUM_SPLITS]
-    split_argmax_ptr,  # [num_tokens, NUM_SPLITS]
+    split_max_ptr,  # [num_tokens, STAT_SPLITS]
+    split_sum_ptr,  # [num_tokens, STAT_SPLITS]
+    split_best_ptr,  # [num_tokens, STAT_SPLITS]
+    split_argmax_ptr,  # [num_tokens, STAT_SPLITS]
     logits_ptr,  # [num_tokens, vocab_size]
     logits_stride,
     draft_probs_ptr,  # [num_tokens, vocab_size] (read only when HAS_DRAFT_PROBS)
     draft_probs_stride,
     noise_ptr,  # [batch, vocab_size] float32, Exp(1)
     noise_stride,
+    part_best_ptr,  # [batch, REC_SPLITS] float32 scratch
+    part_idx_ptr,  # [batch, REC_SPLITS] int32 scratch
+    part_best_p_ptr,  # [batch, REC_SPLITS] float32 scratch
+    part_idx_p_ptr,  # [batch, REC_SPLITS] int32 scratch
+    counter_ptr,  # [batch] int32, zeroed by the stats kernel
     vocab_size,
+    max_spec_len,
+    rec_split_size,
     HAS_DRAFT_PROBS: tl.constexpr,
     SCALAR_ALPHA: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    STAT_SPLITS: tl.constexpr,
+    REC_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     req = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    lead = split == 0
     start, num_draft = _request_span(cu_num_draft_tokens_ptr, req)
     out_ptr = output_token_ids_ptr + req * output_stride
     temp = tl.load(temperature_ptr + req).to(tl.float32)
@@ -134,8 +151,9 @@ def _ears_verify_kernel(
     else:
         alpha = tl.load(alpha_ptr + req)
     inv_v = 1.0 / vocab_size
-    splits = tl.arange(0, NUM_SPLITS)
+    stat_splits = tl.arange(0, STAT_SPLITS)
 
+    # Every program of the request takes the same decisions from the same inputs; only split 0 writes them.
     num_accepted = 0
     num_tolerance = 0
     rejected = False
@@ -145,10 +163,10 @@ def _ears_verify_kernel(
     for pos in range(num_draft):
         row = (start + pos).to(tl.int64)
         # Combine the vocabulary splits of this row: max, rescaled sum of exp, earliest argmax.
-        pm = tl.load(split_max_ptr + row * NUM_SPLITS + splits)
-        pz = tl.load(split_sum_ptr + row * NUM_SPLITS + splits)
-        pb = tl.load(split_best_ptr + row * NUM_SPLITS + splits)
-        pa = tl.load(split_argmax_ptr + row * NUM_SPLITS + splits)
+        pm = tl.load(split_max_ptr + row * STAT_SPLITS + stat_splits)
+        pz = tl.load(split_sum_ptr + row * STAT_SPLITS + stat_splits)
+        pb = tl.load(split_best_ptr + row * STAT_SPLITS + stat_splits)
+        pa = tl.load(split_argmax_ptr + row * STAT_SPLITS + stat_splits)
         m = tl.max(pm, axis=0)
         z = tl.sum(pz * tl.exp(pm - m), axis=0)
         target_argmax = tl.min(tl.where(pb == tl.max(pb, axis=0), pa, vocab_size), axis=0)
@@ -159,7 +177,8 @@ def _ears_verify_kernel(
         p_x = tl.where(valid, tl.exp(s_x - m) / z, inv_v)
         max_p = tl.where(valid, 1.0 / z, inv_v)
         h = tl.where(is_greedy, 0.0, 1.0 - max_p)
-        tl.store(uncertainty_ptr + row, h)
+        if lead:
+            tl.store(uncertainty_ptr + row, h)
 
         if not rejected:
             if HAS_DRAFT_PROBS:
@@ -171,7 +190,8 @@ def _ears_verify_kernel(
             accept_random = (p_x > 0) & (q_x > 0) & (ratio >= u - alpha * h.to(tl.float64))
             accept = tl.where(is_greedy, x == target_argmax, accept_random)
             if accept:
-                tl.store(out_ptr + pos, x.to(tl.int32))
+                if lead:
+                    tl.store(out_ptr + pos, x.to(tl.int32))
                 num_accepted += 1
                 num_tolerance += ((is_greedy == 0) & (ratio < u)).to(tl.int32)
             else:
@@ -180,49 +200,71 @@ def _ears_verify_kernel(
                 rej_sum = z
                 rej_argmax = target_argmax
 
-    if rejected:
+    if lead:
+        if not rejected:
+            tl.store(out_ptr + num_draft, tl.load(bonus_token_ids_ptr + req).to(tl.int32))
+        elif is_greedy:
+            tl.store(out_ptr + num_accepted, rej_argmax.to(tl.int32))
+        for pad in range(tl.where(rejected, num_accepted, num_draft) + 1, max_spec_len + 1):
+            tl.store(out_ptr + pad, PLACEHOLDER_TOKEN_ID)
+        tl.store(num_accepted_ptr + req, num_accepted)
+        tl.store(num_tolerance_ptr + req, num_tolerance)
+
+    if rejected & (is_greedy == 0):
+        # The only second pass over a row: this program's split of the residual's exponential race.
         row = (start + num_accepted).to(tl.int64)
-        recovered = rej_argmax
-        if not is_greedy:
-            # The only second pass over a row: residual max(p - q, 0), exponential race with the caller's noise.
-            valid = rej_sum > 0
-            x = tl.load(draft_token_ids_ptr + row)
-            row_ptr = logits_ptr + row * logits_stride
-            best = -1.0
-            best_idx = 0
-            best_p = -1.0
-            best_p_idx = 0
-            for off in range(0, vocab_size, BLOCK_SIZE):
-                offs = off + tl.arange(0, BLOCK_SIZE)
-                mask = offs < vocab_size
-                s = _scaled_logits(row_ptr, offs, mask, temp)
-                p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
-                p = tl.where(mask, p, 0.0)
-                if HAS_DRAFT_PROBS:
-                    q = tl.load(draft_probs_ptr + row * draft_probs_stride + offs, mask=mask, other=0.0)
-                    residual = tl.maximum(p - q.to(tl.float32), 0.0)
-                else:
-                    residual = tl.where(offs == x, 0.0, p)
-                noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
-                score = residual / noise
-                block_best = tl.max(score, axis=0)
-                if block_best > best:
-                    best = block_best
-                    best_idx = off + tl.argmax(score, axis=0, tie_break_left=True)
-                score_p = p / noise
-                block_best_p = tl.max(score_p, axis=0)
-                if block_best_p > best_p:
-                    best_p = block_best_p
-                    best_p_idx = off + tl.argmax(score_p, axis=0, tie_break_left=True)
+        valid = rej_sum > 0
+        x = tl.load(draft_token_ids_ptr + row)
+        row_ptr = logits_ptr + row * logits_stride
+        lo = split * rec_split_size
+        hi = tl.minimum(lo + rec_split_size, vocab_size)
+        best = -1.0
+        best_idx = lo
+        best_p = -1.0
+        best_p_idx = lo
+        for off in range(lo, hi, BLOCK_SIZE):
+            offs = off + tl.arange(0, BLOCK_SIZE)
+            mask = offs < hi
+            s = _scaled_logits(row_ptr, offs, mask, temp)
+            p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
+            p = tl.where(mask, p, 0.0)
+            if HAS_DRAFT_PROBS:
+                q = tl.load(draft_probs_ptr + row * draft_probs_stride + offs, mask=mask, other=0.0)
+                residual = tl.maximum(p - q.to(tl.float32), 0.0)
+            else:
+                residual = tl.where(offs == x, 0.0, p)
+            noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
+            score = residual / noise
+            block_best = tl.max(score, axis=0)
+            if block_best > best:
+                best = block_best
+                best_idx = off + tl.argmax(score, axis=0, tie_break_left=True)
+            score_p = p / noise
+            block_best_p = tl.max(score_p, axis=0)
+            if block_best_p > best_p:
+                best_p = block_best_p
+                best_p_idx = off + tl.argmax(score_p, axis=0, tie_break_left=True)
+        part = req * REC_SPLITS + split
+        tl.store(part_best_ptr + part, best)
+        tl.store(part_idx_ptr + part, best_idx)
+        tl.store(part_best_p_ptr + part, best_p)
+        tl.store(part_idx_p_ptr + part, best_p_idx)
+        # acq_rel: the last program to arrive sees every other program's partial results.
+        if tl.atomic_add(counter_ptr + req, 1) == REC_SPLITS - 1:
+            parts = req * REC_SPLITS + tl.arange(0, REC_SPLITS)
+            pb = tl.load(part_best_ptr + parts, cache_modifier=".cg")
+            top = tl.max(pb, axis=0)
+            # Earliest index among the splits that reach the maximum, like torch.argmax.
+            idx = tl.min(tl.where(pb == top, tl.load(part_idx_ptr + parts, cache_modifier=".cg"), vocab_size),
+                         axis=0)
+            pbp = tl.load(part_best_p_ptr + parts, cache_modifier=".cg")
+            idx_p = tl.min(tl.where(pbp == tl.max(pbp, axis=0),
+                                    tl.load(part_idx_p_ptr + parts, cache_modifier=".cg"), vocab_size), axis=0)
             # A numerically empty residual falls back to the target itself.
-            recovered = tl.where(best > 0, best_idx, best_p_idx)
-        tl.store(out_ptr + num_accepted, recovered.to(tl.int32))
-    else:
-        tl.store(out_ptr + num_draft, tl.load(bonus_token_ids_ptr + req).to(tl.int32))
-    tl.store(num_accepted_ptr + req, num_accepted)
-    tl.store(num_tolerance_ptr + req, num_tolerance)
+            tl.store(out_ptr + num_accepted, tl.where(top > 0, idx, idx_p).to(tl.int32))
 
 
+@functools.lru_cache(maxsize=None)
 def _num_sms(device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -243,7 +285,11 @@ def ears_rejection_sample_triton(
     block_size: int = None,
     num_splits: int = None,
 ):
-    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the four EarsOutput tensors."""
+    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the four EarsOutput tensors.
+
+    ``num_splits`` (a power of two) splits every row's vocabulary over that many programs in both passes; by
+    default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
+    """
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens, vocab_size = target_logits.shape
@@ -251,12 +297,19 @@ def ears_rejection_sample_triton(
     if block_size is None:
         # The interpreter runs one numpy op per block: fewer, larger blocks are much faster there.
         block_size = min(65536 if interpret else MAX_FUSED_SIZE, triton.next_power_of_2(vocab_size))
-    if num_splits is None:
-        # Aim for a few programs per SM in the streaming pass, never a split smaller than one block.
-        want = triton.cdiv(4 * _num_sms(device), max(num_tokens, 1))
-        num_splits = 1 if interpret else min(MAX_SPLITS, triton.next_power_of_2(want),
-                                             triton.next_power_of_2(triton.cdiv(vocab_size, block_size)))
-    split_size = triton.cdiv(triton.cdiv(vocab_size, num_splits), block_size) * block_size
+    max_splits = min(MAX_SPLITS, triton.next_power_of_2(triton.cdiv(vocab_size, block_size)))
+
+    def splits_for(rows):
+        if num_splits is not None:
+            return num_splits
+        if interpret:
+            return 1
+        return min(max_splits, triton.next_power_of_2(triton.cdiv(4 * _num_sms(device), max(rows, 1))))
+
+    def split_size(n):
+        return triton.cdiv(triton.cdiv(vocab_size, n), block_size) * block_size
+
+    stat_splits, rec_splits = splits_for(num_tokens), splits_for(batch)
     num_warps = 4 if block_size <= 1024 else 8
 
     target_logits = target_logits if target_logits.stride(-1) == 1 else target_logits.contiguous()
@@ -264,34 +317,38 @@ def ears_rejection_sample_triton(
         draft_probs = draft_probs.contiguous()
     if recovery_noise.stride(-1) != 1:
         recovery_noise = recovery_noise.contiguous()
+    probs_arg = draft_probs if draft_probs is not None else target_logits
+    probs_stride = draft_probs.stride(0) if draft_probs is not None else 0
     cu = cu_num_draft_tokens.to(torch.int32)
     bonus = bonus_token_ids.reshape(-1)
     scalar_alpha = not (isinstance(alpha, torch.Tensor) and alpha.dim() > 0)
 
-    output = torch.full((batch, max_spec_len + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int32, device=device)
-    uncertainty = torch.empty(num_tokens, dtype=torch.float32, device=device)
-    num_accepted = torch.empty(batch, dtype=torch.int32, device=device)
-    num_tolerance = torch.empty(batch, dtype=torch.int32, device=device)
-    stats_shape = (max(num_tokens, 1), num_splits)
-    split_max = torch.empty(stats_shape, dtype=torch.float32, device=device)
-    split_sum = torch.empty(stats_shape, dtype=torch.float32, device=device)
-    split_best = torch.empty(stats_shape, dtype=torch.float32, device=device)
-    split_argmax = torch.empty(stats_shape, dtype=torch.int32, device=device)
+    # Outputs and scratch come from three allocations: on small batches host overhead dominates.
+    output = torch.empty((batch, max_spec_len + 1), dtype=torch.int32, device=device)
+    rows, ns, nr = max(num_tokens, 1), stat_splits, rec_splits
+    ws_f = torch.empty(rows + 3 * rows * ns + 2 * batch * nr, dtype=torch.float32, device=device)
+    ws_i = torch.empty(rows * ns + 2 * batch * nr + 3 * batch, dtype=torch.int32, device=device)
+    f_sizes = [rows, rows * ns, rows * ns, rows * ns, batch * nr, batch * nr]
+    i_sizes = [batch, batch, batch, rows * ns, batch * nr, batch * nr]
+    uncertainty, split_max, split_sum, split_best, part_best, part_best_p = ws_f.split(f_sizes)
+    num_accepted, num_tolerance, counter, split_argmax, part_idx, part_idx_p = ws_i.split(i_sizes)
+    uncertainty = uncertainty[:num_tokens]
 
     if num_tokens > 0 and max_spec_len > 0:
-        _ears_row_stats_kernel[(batch, max_spec_len, num_splits)](
+        _ears_row_stats_kernel[(batch, max_spec_len, stat_splits)](
             target_logits, target_logits.stride(0), cu, temperature,
-            split_max, split_sum, split_best, split_argmax, vocab_size, split_size,
-            NUM_SPLITS=num_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
+            split_max, split_sum, split_best, split_argmax, counter, vocab_size, split_size(stat_splits),
+            NUM_SPLITS=stat_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
         )
-    _ears_verify_kernel[(batch,)](
+    else:
+        rec_splits = 1  # nothing to verify: one program per request writes the bonus token
+    _ears_verify_kernel[(batch, rec_splits)](
         output, output.stride(0), uncertainty, num_accepted, num_tolerance, cu, draft_token_ids, bonus,
         temperature, temperature if scalar_alpha else alpha, float(alpha) if scalar_alpha else 0.0, uniform_probs,
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
-        draft_probs if draft_probs is not None else target_logits,
-        draft_probs.stride(0) if draft_probs is not None else 0,
-        recovery_noise, recovery_noise.stride(0), vocab_size,
-        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, NUM_SPLITS=num_splits,
-        BLOCK_SIZE=block_size, num_warps=num_warps,
+        probs_arg, probs_stride, recovery_noise, recovery_noise.stride(0),
+        part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
+        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, STAT_SPLITS=stat_splits,
+        REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
     )
     return output, uncertainty, num_accepted, num_tolerance

@@ -12,6 +12,18 @@ GREEDY_TEMPERATURE_EPS = 1e-5
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index drawn from each row of ``weights`` [n, V] (non-negative, not normalised) by inverse CDF.
+
+    ``uniforms`` [n] in [0, 1). The first index whose cumulative weight exceeds ``u * total`` (float64 sums): a
+    zero-weight token can never be chosen, and rounding at the top end is clamped to the last positive weight.
+    """
+    cdf = weights.to(torch.float64).cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (uniforms.to(torch.float64) * cdf[:, -1])[:, None], right=True).squeeze(1)
+    last_positive = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(idx, last_positive)
+
+
 class EarsOutput(NamedTuple):
     """Result of one EARS verification step.
 

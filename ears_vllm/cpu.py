@@ -1,31 +1,38 @@
 """Vectorised torch implementation of EARS verification (the backend for CPU tensors).
 
-Cost: one pass over ``[num_tokens, vocab]`` for the row statistics (max and sum of exp: uncertainty and p(x) come
-out of them), then full-vocabulary work only for the <= ``batch`` rows where a request rejected. The stock vLLM path
-materialises softmax for every row and samples a recovered token for every row.
+Cost: torch's fused softmax over ``[num_tokens, vocab]`` (uncertainty = 1 - row max, p(x) = one gather), then
+full-vocabulary work only for the <= ``batch`` rows where a request rejected; with ``[batch]`` uniforms the
+recovered token is drawn by inverse CDF, so no ``[batch, vocab]`` noise is drawn. The stock vLLM path also
+materialises softmax, but draws ``[batch, vocab]`` exponentials and samples a recovered token for every row.
 """
 
 from typing import Optional, Union
 
 import torch
 
-from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput
+from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf
 from .reference import sanitize_logits
 
 
-def _row_stats(s: torch.Tensor):
-    """Row max and log-sum-exp of scaled logits ``s`` [n, V]; non-finite rows are sanitised first."""
+def _target_probs(s: torch.Tensor):
+    """softmax of scaled logits ``s`` [n, V] with the shared non-finite rules; also returns the row max of ``s``.
+
+    torch's fused softmax is ~2x faster than logsumexp on CPU, and the recovered rows reuse its output.
+    """
     m = s.amax(dim=-1)
     # NaN propagates through amax and +inf / all -inf show up in it: only such rows pay for sanitising.
     bad = ~torch.isfinite(m)
     if bool(bad.any()):
         s = s.clone()
         sb = sanitize_logits(s[bad])
-        # Shift those rows by their max: rows of clamped +inf keep their precision in logsumexp.
+        # Shift those rows by their max: rows of clamped +inf keep their precision.
         s[bad] = sb - sb.amax(dim=-1, keepdim=True).clamp(min=-FLOAT32_MAX)
         m = s.amax(dim=-1)
-    # logsumexp is one fused pass here (no [n, V] temporary), unlike exp(s - m).sum().
-    return s, m, torch.logsumexp(s, dim=-1)
+    probs = torch.softmax(s, dim=-1)
+    empty = m == float("-inf")  # no finite logit at all: treated as uniform
+    if bool(empty.any()):
+        probs[empty] = 1.0 / s.shape[-1]
+    return s, probs
 
 
 def ears_rejection_sample_torch(
@@ -38,7 +45,7 @@ def ears_rejection_sample_torch(
     max_spec_len: int,
     draft_probs: Optional[torch.Tensor],  # [num_tokens, vocab_size] or None
     uniform_probs: torch.Tensor,  # [num_tokens] float64
-    recovery_noise: Optional[torch.Tensor],  # [batch, vocab_size]
+    recovery_noise: torch.Tensor,  # [batch, vocab_size] Exp(1) or [batch] U(0,1)
 ) -> EarsOutput:
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
@@ -65,12 +72,9 @@ def ears_rejection_sample_torch(
     t_eff = torch.where(greedy_req, torch.ones_like(temp), temp)
     if bool((t_eff != 1).any()):
         s = s / t_eff[req][:, None]
-    s, m, lse = _row_stats(s)
-    valid = lse > float("-inf")  # False only for a row with no finite logit: treated as uniform
-    s_x = s.gather(1, draft[:, None]).squeeze(1)
-    inv_v = 1.0 / vocab_size
-    p_x = torch.where(valid, torch.exp(s_x - lse), torch.full_like(lse, inv_v))
-    max_p = torch.where(valid, torch.exp(m - lse), torch.full_like(lse, inv_v))
+    s, probs = _target_probs(s)
+    p_x = probs.gather(1, draft[:, None]).squeeze(1)
+    max_p = probs.amax(dim=-1)
     h = torch.where(greedy, torch.zeros_like(max_p), 1.0 - max_p)
 
     if draft_probs is None:
@@ -112,15 +116,17 @@ def ears_rejection_sample_torch(
         rand = ~greedy_req[rej_req]
         if bool(rand.any()):
             rb, rr = rej_req[rand], rej_row[rand]
-            p = torch.exp(s[rr] - lse[rr][:, None])
-            p = torch.where(valid[rr][:, None], p, torch.full_like(p, inv_v))
+            p = probs[rr]
             if draft_probs is None:
                 residual = p.scatter(1, draft[rr][:, None], 0.0)
             else:
                 residual = (p - draft_probs[rr].to(torch.float32)).clamp_(min=0)
             empty = ~(residual > 0).any(dim=1)
             residual = torch.where(empty[:, None], p, residual)
-            recovered[rand] = (residual / recovery_noise[rb].to(torch.float32)).argmax(dim=1)
+            if recovery_noise.dim() == 2:
+                recovered[rand] = (residual / recovery_noise[rb].to(torch.float32)).argmax(dim=1)
+            else:
+                recovered[rand] = sample_inverse_cdf(residual, recovery_noise[rb])
         out[rej_req, num_accepted[rej_req].to(torch.int64)] = recovered.to(torch.int32)
 
     return EarsOutput(out, h.to(torch.float32), num_accepted, num_tolerance)

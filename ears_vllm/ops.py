@@ -86,7 +86,10 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
     if uniform_probs is not None:
         _check_tensor("uniform_probs", uniform_probs, 1, floating=True, shape=(num_tokens,), device=dev)
     if recovery_noise is not None:
-        _check_tensor("recovery_noise", recovery_noise, 2, floating=True, shape=(batch, vocab_size), device=dev)
+        if recovery_noise.dim() == 1:
+            _check_tensor("recovery_noise", recovery_noise, 1, floating=True, shape=(batch,), device=dev)
+        else:
+            _check_tensor("recovery_noise", recovery_noise, 2, floating=True, shape=(batch, vocab_size), device=dev)
 
 
 def ears_rejection_sample(
@@ -139,8 +142,11 @@ def ears_rejection_sample(
     uniform_probs : torch.Tensor, optional
         Shape: ``[num_tokens]``, float64 recommended. The ``u`` of each position; drawn with ``generator`` if None.
     recovery_noise : torch.Tensor, optional
-        Shape: ``[batch, vocab_size]``, float32, i.i.d. Exp(1). Recovered token = ``argmax(residual / noise)``
-        (vLLM's exponential race); drawn with ``generator`` if None.
+        Shape: ``[batch, vocab_size]``, float32, i.i.d. Exp(1): recovered token = ``argmax(residual / noise)``
+        (vLLM's exponential race). Or shape ``[batch]``, float64 U(0, 1): the recovered token is drawn by inverse
+        CDF of the residual, one uniform per request (torch / reference backends only; far cheaper on CPU, where
+        drawing ``batch * vocab_size`` exponentials costs more than the whole verification). Drawn with
+        ``generator`` if None: ``[batch, vocab_size]`` for the Triton backend, ``[batch]`` otherwise.
     generator : torch.Generator, optional
         Used only for randomness not passed in.
     validate : bool
@@ -193,12 +199,17 @@ def ears_rejection_sample(
     device = target_logits.device
     if uniform_probs is None:
         uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
-    if recovery_noise is None:
-        recovery_noise = torch.empty(cu_num_draft_tokens.numel(), vocab_size, dtype=torch.float32, device=device)
-        recovery_noise.exponential_(generator=generator)
-
     if backend == "auto":
         backend = "triton" if target_logits.is_cuda else "torch"
+    batch = cu_num_draft_tokens.numel()
+    if recovery_noise is None:
+        if backend == "triton":
+            recovery_noise = torch.empty(batch, vocab_size, dtype=torch.float32, device=device)
+            recovery_noise.exponential_(generator=generator)
+        else:
+            recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
+    elif backend == "triton" and recovery_noise.dim() != 2:
+        _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
     args = (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
             max_spec_len, draft_probs, uniform_probs, recovery_noise)
     if backend == "torch":

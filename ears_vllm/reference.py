@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput
+from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf
 
 
 def sanitize_logits(scaled_logits: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,10 @@ def ears_rejection_sample_reference(
                 residual = (p - draft_probs[row].to(dtype)).clamp(min=0)
             if not bool((residual > 0).any()):
                 residual = p  # numerically empty residual: fall back to the target itself
-            out[b, j] = int(torch.argmax(residual / recovery_noise[b].to(dtype)))
+            if recovery_noise.dim() == 2:  # exponential race (vLLM's convention)
+                out[b, j] = int(torch.argmax(residual / recovery_noise[b].to(dtype)))
+            else:  # inverse CDF with one uniform per request
+                out[b, j] = int(sample_inverse_cdf(residual[None], recovery_noise[b:b + 1])[0])
             rejected = True
             break
         if not rejected:

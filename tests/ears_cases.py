@@ -12,7 +12,8 @@ def backend_device(backend: str) -> str:
 
 
 def make_case(seed, batch=5, max_spec_len=4, vocab=37, draft_probs=False, greedy_frac=0.3, alpha=0.3,
-              per_request_alpha=False, logit_scale=2.0, zero_drafts=True, dtype=torch.float32, device="cpu"):
+              per_request_alpha=False, logit_scale=2.0, zero_drafts=True, dtype=torch.float32, device="cpu",
+              inverse_cdf=False):
     """A random ragged batch. Returns the positional arguments of `ears_rejection_sample`, randomness included."""
     g = torch.Generator().manual_seed(seed)
     low = 0 if zero_drafts else 1
@@ -32,6 +33,8 @@ def make_case(seed, batch=5, max_spec_len=4, vocab=37, draft_probs=False, greedy
         alpha[0] = 0.0
     u = torch.rand(n, dtype=torch.float64, generator=g)
     noise = torch.empty(batch, vocab).exponential_(generator=g)
+    if inverse_cdf:  # one uniform per request instead of exponential-race noise
+        noise = torch.rand(batch, dtype=torch.float64, generator=g)
     to = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
     return tuple(to(t) for t in (draft, cu, logits.to(dtype), bonus, temp, alpha, max_spec_len, probs, u, noise))
 

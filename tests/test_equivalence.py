@@ -20,6 +20,8 @@ OPTIONS = [
     dict(draft_probs=True, per_request_alpha=True, greedy_frac=0.0),
     dict(draft_probs=False, alpha=1.0, greedy_frac=1.0),
 ]
+# Recovered tokens by inverse CDF (one uniform per request): the CPU path and the reference only.
+INVERSE_CDF_OPTIONS = [dict(o, inverse_cdf=True) for o in OPTIONS[:6]]
 
 
 def _check(backend, seed, shape, opts, dtype=torch.float32):
@@ -42,8 +44,14 @@ def test_torch_path_matches_reference(shape, opts):
     _check("torch", 1, shape, opts)
 
 
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("opts", INVERSE_CDF_OPTIONS)
+def test_torch_path_matches_reference_inverse_cdf(shape, opts):
+    _check("torch", 6, shape, opts)
+
+
 @pytest.mark.parametrize("shape", LARGE_SHAPES)
-@pytest.mark.parametrize("opts", OPTIONS[1:4])
+@pytest.mark.parametrize("opts", OPTIONS[1:4] + INVERSE_CDF_OPTIONS[2:4])
 def test_torch_path_matches_reference_large(shape, opts):
     _check("torch", 2, shape, opts)
 

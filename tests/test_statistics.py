@@ -73,13 +73,14 @@ def test_acceptance_rate_per_position(backend, alpha, with_q):
         assert abs(rate - a) <= 5 * sigma + 1e-12, (j, rate, a, reached)
 
 
-@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("backend,inverse_cdf", [(b, False) for b in STAT_BACKENDS] + [("torch", True)])
 @pytest.mark.parametrize("sampled_draft", [False, True])
-def test_alpha_zero_emits_the_target_distribution(backend, sampled_draft):
+def test_alpha_zero_emits_the_target_distribution(backend, inverse_cdf, sampled_draft):
     """alpha = 0 is lossless: the first emitted token is distributed as p, and the distance shrinks with n.
 
     Fixed draft (one-hot q): P(emit x) = p(x), P(emit v) = (1 - p(x)) p(v) / (1 - p(x)) = p(v).
-    Sampled draft x ~ q with q passed in: the classic speculative-sampling theorem.
+    Sampled draft x ~ q with q passed in: the classic speculative-sampling theorem. Both recovered-token samplers
+    (exponential race over [batch, V] noise, inverse CDF with one uniform per request) are exact.
     """
     p = FLAT
     q = torch.tensor([0.05, 0.05, 0.3, 0.3, 0.2, 0.1])  # q puts mass on the banned token 5
@@ -90,7 +91,9 @@ def test_alpha_zero_emits_the_target_distribution(backend, sampled_draft):
         logits = p.log().repeat(n, 1)
         args = [drafts, torch.arange(1, n + 1, dtype=torch.int32), logits, torch.zeros(n, dtype=torch.long),
                 torch.ones(n), 0.0, 1, q.repeat(n, 1) if sampled_draft else None,
-                torch.rand(n, dtype=torch.float64, generator=g), torch.empty(n, 6).exponential_(generator=g)]
+                torch.rand(n, dtype=torch.float64, generator=g),
+                torch.rand(n, dtype=torch.float64, generator=g) if inverse_cdf
+                else torch.empty(n, 6).exponential_(generator=g)]
         dev = backend_device(backend)
         args = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
         first = ears_rejection_sample(*args, backend=backend).output_token_ids[:, 0].cpu()

@@ -75,3 +75,8 @@ def test_nonfinite_logits_have_defined_behaviour(backend):
     assert tok[2, 0] == 0
     assert math.isclose(float(h[3]), 1 - 1 / 8, abs_tol=1e-6)  # all NaN: uniform
     assert tok[4, 0] == 4 and float(h[4]) == 0.0  # greedy: first argmax among the allowed tokens 4..7
+
+
+def test_triton_needs_exponential_noise():
+    with pytest.raises(ValueError, match="`recovery_noise`"):
+        _call_with("recovery_noise", lambda a: torch.rand(4, dtype=torch.float64), backend="triton")

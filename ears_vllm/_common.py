@@ -15,13 +15,15 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Index drawn from each row of ``weights`` [n, V] (non-negative, not normalised) by inverse CDF.
 
-    ``uniforms`` [n] in [0, 1). The first index whose cumulative weight exceeds ``u * total`` (float64 sums): a
-    zero-weight token can never be chosen, and rounding at the top end is clamped to the last positive weight.
+    ``uniforms`` [n] in [0, 1). The first index whose cumulative weight (float64) exceeds ``u * total``: a
+    zero-weight token can never be chosen; if rounding puts ``u * total`` at the total, the last positive weight is
+    taken. Rows of total weight 0 return 0: callers handle them.
     """
     cdf = weights.to(torch.float64).cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, (uniforms.to(torch.float64) * cdf[:, -1])[:, None], right=True).squeeze(1)
-    last_positive = weights.shape[-1] - 1 - (weights > 0).flip(-1).to(torch.int8).argmax(dim=-1)
-    return torch.minimum(idx, last_positive)
+    total = cdf[:, -1:]
+    idx = torch.searchsorted(cdf, uniforms.to(torch.float64)[:, None] * total, right=True)
+    last_positive = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(idx, last_positive).squeeze(1)
 
 
 class EarsOutput(NamedTuple):

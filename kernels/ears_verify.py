@@ -40,6 +40,23 @@ def _scaled_logits(row_ptr, offs, mask, temp):
 
 
 @triton.jit
+def _running_argmax(score, off, best, best_idx):
+    # Strictly greater: on ties the earliest block wins, like torch.argmax (and tie_break_left inside the block).
+    block_best = tl.max(score, axis=0)
+    if block_best > best:
+        best = block_best
+        best_idx = off + tl.argmax(score, axis=0, tie_break_left=True)
+    return best, best_idx
+
+
+@triton.jit
+def _earliest_argmax(values, indices, vocab_size):
+    # Combine per-split (max, argmax) pairs: the earliest index among the splits that reach the maximum.
+    top = tl.max(values, axis=0)
+    return top, tl.min(tl.where(values == top, indices, vocab_size), axis=0)
+
+
+@triton.jit
 def _request_span(cu_num_draft_tokens_ptr, req):
     start = 0
     if req > 0:
@@ -85,14 +102,10 @@ def _ears_row_stats_kernel(
         for off in range(lo, hi, BLOCK_SIZE):
             offs = off + tl.arange(0, BLOCK_SIZE)
             s = _scaled_logits(row_ptr, offs, offs < hi, temp)
-            block_max = tl.max(s, axis=0)
-            new_m = tl.maximum(m, block_max)
+            new_m = tl.maximum(m, tl.max(s, axis=0))
             z = z * tl.exp(m - new_m) + tl.sum(tl.exp(s - new_m), axis=0)
             m = new_m
-            # Strictly greater: on ties the earliest block wins, like torch.argmax.
-            if block_max > best:
-                best = block_max
-                best_idx = off + tl.argmax(s, axis=0, tie_break_left=True)
+            best, best_idx = _running_argmax(s, off, best, best_idx)
         out = row * NUM_SPLITS + split
         tl.store(split_max_ptr + out, m)
         tl.store(split_sum_ptr + out, z)
@@ -169,7 +182,7 @@ def _ears_verify_kernel(
         pa = tl.load(split_argmax_ptr + row * STAT_SPLITS + stat_splits)
         m = tl.max(pm, axis=0)
         z = tl.sum(pz * tl.exp(pm - m), axis=0)
-        target_argmax = tl.min(tl.where(pb == tl.max(pb, axis=0), pa, vocab_size), axis=0)
+        _, target_argmax = _earliest_argmax(pb, pa, vocab_size)
 
         x = tl.load(draft_token_ids_ptr + row).to(tl.int64)
         s_x = _scaled_logits(logits_ptr + row * logits_stride, x, True, temp)
@@ -234,16 +247,8 @@ def _ears_verify_kernel(
             else:
                 residual = tl.where(offs == x, 0.0, p)
             noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
-            score = residual / noise
-            block_best = tl.max(score, axis=0)
-            if block_best > best:
-                best = block_best
-                best_idx = off + tl.argmax(score, axis=0, tie_break_left=True)
-            score_p = p / noise
-            block_best_p = tl.max(score_p, axis=0)
-            if block_best_p > best_p:
-                best_p = block_best_p
-                best_p_idx = off + tl.argmax(score_p, axis=0, tie_break_left=True)
+            best, best_idx = _running_argmax(residual / noise, off, best, best_idx)
+            best_p, best_p_idx = _running_argmax(p / noise, off, best_p, best_p_idx)
         part = req * REC_SPLITS + split
         tl.store(part_best_ptr + part, best)
         tl.store(part_idx_ptr + part, best_idx)
@@ -252,14 +257,10 @@ def _ears_verify_kernel(
         # acq_rel: the last program to arrive sees every other program's partial results.
         if tl.atomic_add(counter_ptr + req, 1) == REC_SPLITS - 1:
             parts = req * REC_SPLITS + tl.arange(0, REC_SPLITS)
-            pb = tl.load(part_best_ptr + parts, cache_modifier=".cg")
-            top = tl.max(pb, axis=0)
-            # Earliest index among the splits that reach the maximum, like torch.argmax.
-            idx = tl.min(tl.where(pb == top, tl.load(part_idx_ptr + parts, cache_modifier=".cg"), vocab_size),
-                         axis=0)
-            pbp = tl.load(part_best_p_ptr + parts, cache_modifier=".cg")
-            idx_p = tl.min(tl.where(pbp == tl.max(pbp, axis=0),
-                                    tl.load(part_idx_p_ptr + parts, cache_modifier=".cg"), vocab_size), axis=0)
+            top, idx = _earliest_argmax(tl.load(part_best_ptr + parts, cache_modifier=".cg"),
+                                        tl.load(part_idx_ptr + parts, cache_modifier=".cg"), vocab_size)
+            _, idx_p = _earliest_argmax(tl.load(part_best_p_ptr + parts, cache_modifier=".cg"),
+                                        tl.load(part_idx_p_ptr + parts, cache_modifier=".cg"), vocab_size)
             # A numerically empty residual falls back to the target itself.
             tl.store(out_ptr + num_accepted, tl.where(top > 0, idx, idx_p).to(tl.int32))
 

@@ -1,0 +1,116 @@
+"""The bundled models load with transformers, share a tokenizer and generate."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from ears_vllm import task
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = transformers.AutoTokenizer.from_pretrained(MODELS / "target")
+    t.padding_side = "left"
+    return t
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {n: transformers.LlamaForCausalLM.from_pretrained(MODELS / n, dtype="float32").eval()
+            for n in ("target", "draft")}
+
+
+@pytest.mark.parametrize("name", ["target", "draft"])
+def test_files_present(name):
+    d = MODELS / name
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "generation_config.json"):
+        assert (d / f).is_file(), f
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg.get("torch_dtype", cfg.get("dtype")) == "float32"
+    assert cfg["head_dim"] in (32, 64)  # vLLM CPU attention supports these
+    assert cfg["max_position_embeddings"] >= 512
+
+
+def test_same_tokenizer():
+    a = (MODELS / "target" / "tokenizer.json").read_text()
+    b = (MODELS / "draft" / "tokenizer.json").read_text()
+    assert a == b
+
+
+def test_sizes(models):
+    n_t = sum(p.numel() for p in models["target"].parameters())
+    n_d = sum(p.numel() for p in models["draft"].parameters())
+    assert n_t <= 4_500_000 and n_d <= 1_000_000 and n_d * 3 < n_t
+
+
+def test_tokenizer_round_trip_and_specials(tok):
+    text = "Question: Mia has 23 pens. How many?\nAnswer: 23 + 15 = 38\n#### 38"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.eos_token == "</s>" and tok.pad_token == "<pad>" and tok.bos_token == "<s>"
+    assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
+    # digits are single tokens
+    assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
+
+
+def test_chat_template(tok):
+    s = tok.apply_chat_template([{"role": "user", "content": "Mia has 2 pens. How many?"}],
+                                tokenize=False, add_generation_prompt=True)
+    assert s == "<s>" + task.format_prompt("Mia has 2 pens. How many?")
+
+
+def _greedy(model, tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=100, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_generate_greedy_solves_and_stops(tok, models):
+    rows = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[:40]
+    prompts = [task.format_prompt(r["question"]) for r in rows]
+    texts = _greedy(models["target"], tok, prompts)
+    assert all("####" in t for t in texts), texts
+    # generation stops at eos right after the answer line
+    assert all(t.rstrip().splitlines()[-1].startswith("####") for t in texts), texts
+    n_target = sum(task.score(t, r["answer"]) for t, r in zip(texts, rows))
+    n_draft = sum(task.score(t, r["answer"])
+                  for t, r in zip(_greedy(models["draft"], tok, prompts), rows))
+    # measured on the full split: target ~30%, draft ~2% (docs/models.md)
+    assert n_target >= 4 and n_target > n_draft, (n_target, n_draft)
+
+
+def test_draft_generates(tok, models):
+    enc = tok([task.format_prompt("Tom has 5 cards. He buys 3 more. How many cards does Tom "
+                                  "have now?")], return_tensors="pt")
+    out = models["draft"].generate(**enc, max_new_tokens=60, do_sample=True, top_k=0,
+                                   temperature=1.0, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+@pytest.mark.vllm
+def test_vllm_loads_pair():
+    """Start a real vLLM CPU engine on the target (slow; marker `vllm`)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(MODELS / "target"), enforce_eager=True, max_model_len=512,
+              dtype="float32")
+    rows = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[:4]
+    outs = llm.generate([task.format_prompt(r["question"]) for r in rows],
+                        SamplingParams(temperature=0, max_tokens=100))
+    texts = [o.outputs[0].text for o in outs]
+    assert all("####" in t for t in texts), texts

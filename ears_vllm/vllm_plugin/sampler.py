@@ -162,7 +162,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
             if device.type == "cpu":
                 recovery_noise = torch.zeros(batch_size, dtype=torch.float64)
             else:
-                recovery_noise = torch.ones(batch_size, vocab_size, device=device)
+                # Never read for greedy rows: a stride-0 view, not a [batch, vocab] allocation every step.
+                recovery_noise = torch.ones(1, vocab_size, device=device).expand(batch_size, vocab_size)
             alpha = self.alpha
         else:
             # Logits are already divided by T: 1 marks a random row, 0 a greedy one.

@@ -43,7 +43,8 @@ def apply(arg_utils) -> None:
     def create_speculative_config(self, *args, **kwargs):
         spec = self.speculative_config
         if isinstance(spec, dict):
-            spec = dict(spec)
+            # As vLLM does next for its own keys: "rejection-sampler" is "rejection_sampler".
+            spec = {k.replace("-", "_"): v for k, v in spec.items()}
             has_method = bool(spec.get("method") or spec.get("model") or self.spec_method or self.spec_model)
             try:
                 settings = pop_ears_settings(spec, has_method)

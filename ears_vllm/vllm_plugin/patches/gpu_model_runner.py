@@ -44,7 +44,8 @@ def apply(runner_module) -> None:
     def __init__(self, vllm_config, *args, **kwargs):
         original_init(self, vllm_config, *args, **kwargs)
         settings = _settings(vllm_config)
-        if settings is None:
+        # vLLM builds a rejection sampler on the last pipeline-parallel rank only: replace it where it exists.
+        if settings is None or getattr(self, "rejection_sampler", None) is None:
             return
         from ..sampler import EarsRejectionSampler
 

@@ -3,8 +3,10 @@
 Why: the scheduler builds the per-step ``SpecDecodingStats`` that travel to the front-end; the EARS counters come
 from the worker's sampler, attached to ``ModelRunnerOutput`` as the attribute ``ears_stats`` (see
 ``gpu_model_runner.py``; the attribute survives the executor's pickling between worker and engine core).
-How: call the original, then add the counters to the stats of the outgoing ``EngineCoreOutputs`` (created when the
-step had none). Nothing happens when stats are disabled or EARS is off.
+How: call the original, then add the counters to the ``SpecDecodingStats`` of the outgoing ``EngineCoreOutputs``.
+A step for which vLLM counted no drafts (stats disabled, or every drafted request finished / preempted before its
+output arrived) adds nothing either: the EARS counters stay a subset of vLLM's, and the log line never sees a
+stats object with 0 drafts (its mean acceptance length would be 0/0). Nothing happens when EARS is off.
 Versions: vLLM 0.32.x (run), 0.33.x (same method, read). ``AsyncScheduler`` inherits it.
 Remove when: vLLM gives rejection samplers a way to report their own statistics.
 """
@@ -19,7 +21,6 @@ def apply(scheduler_module) -> None:
     original = cls.update_from_output
     if getattr(original, "_ears", False):
         return
-    from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
     def update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
         outputs = original(self, scheduler_output, model_runner_output, *args, **kwargs)
@@ -29,9 +30,8 @@ def apply(scheduler_module) -> None:
                 stats = eco.scheduler_stats
                 if stats is None:
                     continue
-                if stats.spec_decoding_stats is None:
-                    stats.spec_decoding_stats = SpecDecodingStats.new(self.num_spec_tokens)
-                add(stats.spec_decoding_stats, *ears)
+                if stats.spec_decoding_stats is not None:
+                    add(stats.spec_decoding_stats, *ears)
                 break
         return outputs
 

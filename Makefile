@@ -30,7 +30,7 @@ $(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject
 	touch $@
 
 models: venv
-	$(PY) scripts/train_pair.py --check
+	$(PY) scripts/check_models.py
 
 models-retrain: venv
 	$(PY) scripts/train_pair.py

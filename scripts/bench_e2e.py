@@ -6,10 +6,13 @@ EARS at each alpha (one engine per (method, sampler); EARS alphas are set per re
 ``SamplingParams.extra_args["ears_alpha"]``); at each temperature. Engines run one at a time, each in its own
 process (``bench_common.run_engine_job``), with a warm-up pass excluded from the timings.
 
-Measured per arm: output tokens/s (output tokens / wall time of the pass), mean acceptance length
+Measured per arm: output tokens/s (output tokens / wall time of the pass; with ``--passes P`` the median of P
+passes run round-robin over the arms of an engine, min/max kept; ``wall_s`` is the first pass's), mean acceptance length
 (1 + accepted / drafts, vLLM's definition, from the engine's spec-decode counters) and per-position acceptance
 rates, accuracy on the task (``ears_vllm.task.score``) and its change in points vs the standard arm of the same
-method and temperature (paired 95% interval) -- the quality cost.
+method and temperature (paired 95% interval) -- the quality cost -- and, for EARS arms, the share of accepted draft
+tokens that only the tolerance accepted (the plugin's ``vllm:ears_num_tolerance_accepted_tokens``) and the mean target
+uncertainty h; ``speedup_vs_ears_alpha0`` is the same-engine control (alpha 0 = the standard rule on EARS's path).
 
 Usage::
 
@@ -31,10 +34,12 @@ from ears_vllm import task  # noqa: E402
 
 MAX_K = 8
 COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompts", "max_tokens", "k", "method",
-            "sampler", "alpha", "temperature", "output_tokens", "wall_s", "tokens_per_s", "speedup_vs_standard",
+            "sampler", "alpha", "temperature", "output_tokens", "wall_s", "tokens_per_s", "tokens_per_s_min",
+            "tokens_per_s_max", "passes", "speedup_vs_standard",
             "speedup_vs_nospec", "mean_accept_len", "accept_rate", "num_drafts"]
            + [f"accept_pos{i}" for i in range(1, MAX_K + 1)]
-           + ["accuracy", "delta_pts_vs_standard", "delta_lo", "delta_hi", "startup_s"])
+           + ["tolerance_accepted", "tolerance_share", "mean_uncertainty", "speedup_vs_ears_alpha0",
+              "accuracy", "delta_pts_vs_standard", "delta_lo", "delta_hi", "startup_s"])
 
 
 def main(argv=None):
@@ -43,22 +48,28 @@ def main(argv=None):
     ap.add_argument("--draft", default=os.path.join(ROOT, "models", "draft"))
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "gsm_synth_test.jsonl"))
     ap.add_argument("--n", type=int, default=64, help="prompts (first N problems)")
-    ap.add_argument("--methods", default="ngram,draft_model")
+    ap.add_argument("--methods", default=None, help="default ngram,draft_model (--quick: draft_model)")
     ap.add_argument("--samplers", default="none,standard,ears", help="subset of none,standard,ears")
-    ap.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5")
-    ap.add_argument("--temperatures", default="0,0.7,1.0")
+    ap.add_argument("--alphas", default=None, help="default 0,0.1,0.2,0.3,0.5 (--quick: 0.3)")
+    ap.add_argument("--temperatures", default=None, help="default 0,0.7,1.0 (--quick: 1.0)")
     ap.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
     ap.add_argument("--draft-sample-method", choices=("greedy", "probabilistic"), default=None)
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--quick", action="store_true", help="draft_model, T=1.0, alpha 0.3, 8 prompts")
+    ap.add_argument("--passes", type=int, default=1,
+                    help="timed passes per arm inside each engine, round-robin over the arms (same prompts and "
+                         "seeds every pass); tokens/s = median over passes, accuracy and texts from the first")
+    ap.add_argument("--quick", action="store_true",
+                    help="draft_model, T=1.0, alpha 0.3, 8 prompts (explicit --methods/--alphas/--temperatures win)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--log", default=None, help="prefix for engine logs")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
+    defaults = ("draft_model", "0.3", "1.0") if args.quick else ("ngram,draft_model", "0,0.1,0.2,0.3,0.5", "0,0.7,1.0")
+    args.methods, args.alphas, args.temperatures = (given or default for given, default in zip(
+        (args.methods, args.alphas, args.temperatures), defaults))
     if args.quick:
-        args.methods, args.alphas, args.temperatures = "draft_model", "0.3", "1.0"
         args.n, args.max_tokens = min(args.n, 8), min(args.max_tokens, 96)
     if args.out is None:
         args.out = os.path.join(ROOT, "results", f"bench_e2e{'_quick' if args.quick else ''}.csv")
@@ -70,6 +81,9 @@ def main(argv=None):
     prompts = [task.format_prompt(r["question"]) for r in items]
     golds = [r["answer"] for r in items]
 
+    def repeat(runs):  # round-robin: pass 0 of every arm, then pass 1, ... (slow drifts in load hit all arms)
+        return [dict(r, pass_idx=p) for p in range(args.passes) for r in runs]
+
     engines = []
     if "none" in samplers:
         engines.append(("none", "none", [dict(temperature=t, alpha=None, seed=args.seed) for t in temps]))
@@ -80,25 +94,42 @@ def main(argv=None):
             engines.append((m, "ears", [dict(temperature=t, alpha=a, seed=args.seed) for t in temps for a in alphas]))
     results = []
     for i, (method, sampler, runs) in enumerate(bc.progress(engines, desc="engines")):
-        job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=runs,
+        job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=repeat(runs),
                    max_model_len=args.max_model_len,
                    speculative_config=bc.speculative_config(method, sampler, args.draft, args.k,
                                                             draft_sample_method=args.draft_sample_method))
         res = bc.run_engine_job(job, log_path=args.log and f"{args.log}.{method}.{sampler}.log")
-        for r in res["results"]:
-            results.append(dict(r, method=method, sampler=sampler, startup_s=res["startup_s"]))
+        for run in runs:
+            same = [r for r in res["results"]
+                    if r["temperature"] == run["temperature"] and r["alpha"] == run["alpha"]]
+            tps = sorted(sum(r["output_tokens"]) / r["wall_s"] for r in same)
+            first = next(r for r in same if r.get("pass_idx", 0) == 0)
+            spec = {}
+            for r in same:  # counters summed over passes (rates and means are ratios of sums)
+                for key, val in r["spec"].items():
+                    if isinstance(val, list):
+                        acc = spec.setdefault(key, [0] * len(val))
+                        spec[key] = [a + b for a, b in zip(acc + [0] * (len(val) - len(acc)), val)]
+                    else:
+                        spec[key] = spec.get(key, 0) + val
+            med = tps[len(tps) // 2] if len(tps) % 2 else (tps[len(tps) // 2 - 1] + tps[len(tps) // 2]) / 2
+            results.append(dict(first, method=method, sampler=sampler, startup_s=res["startup_s"], spec=spec,
+                                tps_median=med, tps_min=tps[0], tps_max=tps[-1], passes=len(tps),
+                                load1=max(r["load1"] for r in same)))
 
-    def find(method, sampler, t):
+    def find(method, sampler, t, alpha=None):
         return next((r for r in results if r["method"] == method and r["sampler"] == sampler
-                     and r["temperature"] == t), None)
+                     and r["temperature"] == t and (alpha is None or r["alpha"] == alpha)), None)
 
     device = bc.device_name("cpu")
     csv_out = bc.LongCsv(args.out, COLUMNS)
     rows = []
     for r in results:
         ok = [task.score(x, g) for x, g in zip(r["texts"], golds)]
-        tps = sum(r["output_tokens"]) / r["wall_s"]
+        tps = r["tps_median"]
         std, nos = find(r["method"], "standard", r["temperature"]), find("none", "none", r["temperature"])
+        # same-engine control: EARS alpha 0 (the standard rule on EARS's code path, same process, same prompts)
+        a0 = find(r["method"], "ears", r["temperature"], 0.0) if r["sampler"] == "ears" else None
         std_ok = [task.score(x, g) for x, g in zip(std["texts"], golds)] if std else None
         d, dlo, dhi = bc.paired_diff_ci(ok, std_ok) if std else (float("nan"),) * 3
         ss = bc.spec_summary(r["spec"], args.k) if r["sampler"] != "none" else bc.spec_summary({}, args.k)
@@ -107,9 +138,13 @@ def main(argv=None):
                    max_tokens=args.max_tokens, k=args.k, method=r["method"], sampler=r["sampler"],
                    alpha=r["alpha"] if r["alpha"] is not None else "", temperature=r["temperature"],
                    output_tokens=sum(r["output_tokens"]), wall_s=r["wall_s"], tokens_per_s=tps,
-                   speedup_vs_standard=tps / (sum(std["output_tokens"]) / std["wall_s"]) if std else float("nan"),
-                   speedup_vs_nospec=tps / (sum(nos["output_tokens"]) / nos["wall_s"]) if nos else float("nan"),
+                   speedup_vs_standard=tps / std["tps_median"] if std else float("nan"),
+                   speedup_vs_nospec=tps / nos["tps_median"] if nos else float("nan"),
+                   speedup_vs_ears_alpha0=tps / a0["tps_median"] if a0 else float("nan"),
+                   tokens_per_s_min=r["tps_min"], tokens_per_s_max=r["tps_max"], passes=r["passes"],
                    mean_accept_len=ss["mean_accept_len"], accept_rate=ss["accept_rate"], num_drafts=ss["num_drafts"],
+                   tolerance_accepted=ss["tolerance_accepted"] if r["sampler"] == "ears" else float("nan"),
+                   tolerance_share=ss["tolerance_share"], mean_uncertainty=ss["mean_uncertainty"],
                    accuracy=sum(ok) / len(ok), delta_pts_vs_standard=100 * d, delta_lo=100 * dlo,
                    delta_hi=100 * dhi, startup_s=r["startup_s"])
         for j in range(MAX_K):
@@ -126,11 +161,12 @@ def main(argv=None):
 
 def print_table(rows):
     print(f"{'method':>11} {'sampler':>8} {'alpha':>5} {'T':>4} | {'tok/s':>7} | {'x std':>6} | {'x none':>6} | "
-          f"{'acc len':>7} | {'accuracy':>8} | {'d pts vs std (95% CI)':>24}")
+          f"{'acc len':>7} | {'tol %':>5} | {'load':>4} | {'accuracy':>8} | {'d pts vs std (95% CI)':>24}")
     for r in rows:
         print(f"{r['method']:>11} {r['sampler']:>8} {str(r['alpha']):>5} {r['temperature']:>4} | "
               f"{r['tokens_per_s']:7.1f} | {r['speedup_vs_standard']:6.3f} | {r['speedup_vs_nospec']:6.3f} | "
-              f"{r['mean_accept_len']:7.3f} | {100 * r['accuracy']:7.1f}% | "
+              f"{r['mean_accept_len']:7.3f} | {100 * r['tolerance_share']:5.1f} | {r['load1']:4.1f} | "
+              f"{100 * r['accuracy']:7.1f}% | "
               f"{r['delta_pts_vs_standard']:+6.2f} [{r['delta_lo']:+6.2f}, {r['delta_hi']:+6.2f}]")
 
 

@@ -19,14 +19,19 @@ temperature 0.7 by default, alpha 0.3; logits in fp32 or bf16; with or without d
   that of the shipped code. ``--fix-cpu-expand`` registers a correct ``repeat_interleave`` expand instead.
 - ``reference``    : ``ears_vllm.reference`` (per-position float64 loop; only when N*V <= --reference-max-elems).
 
-Every provider draws its own randomness inside the timed call (uniforms, and the [B, V] Exp(1) recovery noise).
+Every provider draws its own randomness inside the timed call, the way it does by default: the EARS providers call
+``ears_rejection_sample`` with ``recovery_noise=None``, so ``ears_triton`` draws [B, V] Exp(1) noise and
+``ears_torch`` / ``reference`` draw [B] float64 uniforms (inverse-CDF recovered tokens, the CPU path's default);
+stock / ears_unfused draw vLLM's [B, V] Exp(1) noise.
 
 Bytes model (minimal traffic of the passes each provider makes, every pass counted once at its tensor size; cache
 reuse ignored). N = B*K rows, e = logit element size, f = 4 (fp32), D = 1 with draft probs else 0, R = requests
 that rejected in this step (measured from the provider's own output):
 
-- EARS (fused, torch, reference): ``N*V*e`` (one stats pass over the logits) + ``B*V*f`` (noise written)
+- EARS fused (Triton): ``N*V*e`` (one stats pass over the logits) + ``B*V*f`` (Exp(1) noise written)
   + ``R*V*(e + f + D*f)`` (the recovered pass over one row per rejecting request: logits, noise, draft probs).
+- EARS torch / reference (inverse-CDF recovered tokens, one float64 uniform per request): ``N*V*e`` + ``8*B``
+  + ``R*V*(e + D*f)``.
 - stock: ``N*V*(e + f)`` (fp32 working copy) + ``2*N*V*f`` (in-place temperature division) + ``2*N*V*f``
   (softmax read + write) + ``3*B*V*f`` (noise write, reciprocal read + write) + ``N*V*f*(2 + D)`` (recovered
   tokens for every row: target probs, inverse noise, draft probs).
@@ -219,8 +224,10 @@ def bytes_moved(provider: str, cfg: Config, rejected: int) -> int:
     n, v, b = cfg.batch * cfg.k, cfg.vocab, cfg.batch
     e = torch.finfo(DTYPES[cfg.dtype]).bits // 8
     f, d = 4, int(cfg.draft_probs)
-    if provider in EARS_PROVIDERS:
+    if provider == "ears_triton":
         return n * v * e + b * v * f + rejected * v * (e + f + d * f)
+    if provider in EARS_PROVIDERS:  # torch / reference: [B] uniforms, inverse CDF over the rejecting rows
+        return n * v * e + 8 * b + rejected * v * (e + d * f)
     stock = n * v * (e + f) + 2 * n * v * f + 2 * n * v * f + 3 * b * v * f + n * v * f * (2 + d)
     return stock + (n * v * f if provider == "ears_unfused" else 0)
 
@@ -342,11 +349,14 @@ def plot(rows, out_csv: str, device: str):
     title = f"{rows[0]['device']} | threads {rows[0]['threads']} | K={sub[0]['k']} V={vocab} | T={rows[0]['temperature']} alpha={rows[0]['alpha']}"
     files = []
     for metric, ylabel, fname, logy in (("ms_p50", "median time per step (ms)", "time", True),
-                                        ("ratio_to_stock", "time / stock time", "ratio", False),
+                                        ("ratio_to_stock", "time / stock time (log; reference left out)", "ratio",
+                                         True),
                                         ("gbps", "effective GB/s (bytes model)", "gbps", True)):
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
         for ax, (dt, dp) in zip(axes[0], panels):
             for p in provs:
+                if metric == "ratio_to_stock" and p == "reference":  # ~70x on GPU: it would flatten the rest
+                    continue
                 pts = sorted((r["batch"], r[metric], r["ms_p20"], r["ms_p80"]) for r in sub
                              if r["provider"] == p and r["dtype"] == dt and r["draft_probs"] == dp
                              and r[metric] == r[metric])
@@ -362,7 +372,10 @@ def plot(rows, out_csv: str, device: str):
                 ax.axhline(sub[0]["peak_gbps"], ls=":", color="k", lw=0.8, label="peak")
             ax.set_xscale("log", base=2)
             if logy:
-                ax.set_yscale("log")
+                ax.set_yscale("log", base=2 if metric == "ratio_to_stock" else 10)
+            if metric == "ratio_to_stock":
+                ax.axhline(1.0, color="k", lw=0.6)
+                ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:g}x"))
             ax.set_title(f"{dt}, draft_probs={'yes' if dp else 'no'}", fontsize=9)
             ax.set_xlabel("batch (requests)")
             ax.grid(alpha=0.3, which="both")

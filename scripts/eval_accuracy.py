@@ -12,7 +12,8 @@ alphas go per request (``extra_body={"vllm_xargs": {"ears_alpha": a}}``); ``--st
 baseline; without it the baseline is alpha = 0 on the EARS server (the same rule, EARS's code path).
 
 Printed: the paper-style table: throughput change % vs standard (output tokens / wall time of the pass), accuracy
-with a 95% Wilson interval, accuracy change in points vs standard with a paired 95% interval (same items).
+with a 95% Wilson interval, accuracy change in points vs standard with a paired 95% interval (same items and seeds;
+with ``--repeats`` > 1 the differences are averaged per problem first, so the interval is over problems).
 CSV: one row per arm (``results/eval_*.csv``).
 
 Usage::
@@ -37,7 +38,7 @@ from ears_vllm import task  # noqa: E402
 COLUMNS = ["timestamp", "device", "threads", "load1", "target", "draft", "method", "k", "data", "n_items",
            "temperature", "sampler", "alpha", "accuracy", "acc_lo", "acc_hi", "delta_pts", "delta_lo", "delta_hi",
            "output_tokens", "wall_s", "tokens_per_s", "throughput_change_pct", "mean_accept_len", "accept_rate",
-           "mode"]
+           "tolerance_share", "mean_uncertainty", "delta_a0_pts", "delta_a0_lo", "delta_a0_hi", "seed", "mode"]
 
 
 def load_items(path: str, n: int, repeats: int):
@@ -105,11 +106,18 @@ def table(arms, golds, args, device):
     base = arms[("standard", None)]
     base_ok = [task.score(t, g) for t, g in zip(base["texts"], golds)]
     base_tps = sum(base["output_tokens"]) / base["wall_s"]
+    clusters = [i // args.repeats for i in range(len(base_ok))]
+    # Same-engine control: EARS at alpha 0 (the standard rule on EARS's code path and random stream). With the same
+    # per-request seeds an EARS run only departs from it after a tolerance-accepted token, so this pairing is tighter.
+    a0 = arms.get(("ears", 0.0))
+    a0_ok = [task.score(t, g) for t, g in zip(a0["texts"], golds)] if a0 else None
     rows = []
     for (sampler, alpha), r in sorted(arms.items(), key=lambda kv: (kv[0][0] != "standard", kv[0][1] or 0)):
         ok = [task.score(t, g) for t, g in zip(r["texts"], golds)]
         lo, hi = bc.wilson_ci(sum(ok), len(ok))
-        d, dlo, dhi = bc.paired_diff_ci(ok, base_ok)
+        d, dlo, dhi = bc.paired_diff_ci(ok, base_ok, clusters=clusters)
+        a, alo, ahi = (bc.paired_diff_ci(ok, a0_ok, clusters=clusters) if a0_ok and sampler == "ears"
+                       else (float("nan"),) * 3)
         tps = sum(r["output_tokens"]) / r["wall_s"]
         ss = r["spec_summary"]
         rows.append(dict(timestamp=bc.timestamp(), device=device, threads=bc.env_columns("cpu")["threads"],
@@ -120,19 +128,25 @@ def table(arms, golds, args, device):
                          acc_hi=hi, delta_pts=100 * d, delta_lo=100 * dlo, delta_hi=100 * dhi,
                          output_tokens=sum(r["output_tokens"]), wall_s=r["wall_s"], tokens_per_s=tps,
                          throughput_change_pct=100 * (tps / base_tps - 1), mean_accept_len=ss["mean_accept_len"],
-                         accept_rate=ss["accept_rate"], mode="server" if args.server else "offline"))
+                         accept_rate=ss["accept_rate"],
+                         tolerance_share=ss["tolerance_share"] if sampler == "ears" else float("nan"),
+                         delta_a0_pts=100 * a, delta_a0_lo=100 * alo, delta_a0_hi=100 * ahi,
+                         mean_uncertainty=ss["mean_uncertainty"], seed=args.seed,
+                         mode="server" if args.server else "offline"))
     return rows
 
 
 def print_table(rows):
     print(f"{'arm':>16} | {'tok/s':>8} | {'thr. change':>11} | {'accuracy (95% CI)':>22} | "
-          f"{'acc. change pts (95% CI)':>26} | {'accept len':>10}")
+          f"{'acc. change pts (95% CI)':>26} | {'vs EARS a=0 pts (95% CI)':>26} | {'accept len':>10} | "
+          f"{'tol. share':>10}")
     for r in rows:
         arm = r["sampler"] + (f" a={r['alpha']}" if r["alpha"] != "" else "")
         print(f"{arm:>16} | {r['tokens_per_s']:8.1f} | {r['throughput_change_pct']:+10.1f}% | "
               f"{100 * r['accuracy']:5.1f}% [{100 * r['acc_lo']:5.1f}, {100 * r['acc_hi']:5.1f}] | "
               f"{r['delta_pts']:+6.2f} [{r['delta_lo']:+6.2f}, {r['delta_hi']:+6.2f}] | "
-              f"{r['mean_accept_len']:10.3f}")
+              f"{r['delta_a0_pts']:+6.2f} [{r['delta_a0_lo']:+6.2f}, {r['delta_a0_hi']:+6.2f}] | "
+              f"{r['mean_accept_len']:10.3f} | {100 * r['tolerance_share']:9.1f}%")
 
 
 def main(argv=None):

@@ -58,8 +58,8 @@ def spec(method: str = "draft_model", **kw) -> dict:
     return d
 
 
-def serve_command(port: int, speculative_config: dict | None, *extra: str) -> list[str]:
-    cmd = [VLLM, "serve", TARGET, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+def serve_command(port: int, speculative_config: dict | None, *extra: str, model: str = TARGET) -> list[str]:
+    cmd = [VLLM, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
            "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--seed", "0", *extra]
     if speculative_config is not None:
         cmd += ["--speculative-config", json.dumps(speculative_config)]
@@ -68,13 +68,13 @@ def serve_command(port: int, speculative_config: dict | None, *extra: str) -> li
 
 class Server:
     def __init__(self, name: str, speculative_config: dict | None, *extra: str, log_dir: Path,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, model: str = TARGET):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(serve_command(self.port, speculative_config, *extra), stdout=self._log,
+        self.proc = subprocess.Popen(serve_command(self.port, speculative_config, *extra, model=model), stdout=self._log,
                                      stderr=subprocess.STDOUT, env={**engine_env(), **(env or {})},
                                      start_new_session=True)
 

@@ -11,6 +11,7 @@ def install() -> None:
         cpu_triton_utils_expand,
         engine_args_speculative_config,
         gpu_model_runner,
+        gpu_model_runner_cpu_generator_rewind,
         metrics_loggers,
         sampling_params_verify,
         scheduler_update_from_output,
@@ -30,4 +31,5 @@ def install() -> None:
     # Workers.
     when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils_expand.apply)
     when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)
+    when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner_cpu_generator_rewind.apply)
     when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner.apply_v2)

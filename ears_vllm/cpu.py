@@ -71,7 +71,8 @@ def ears_rejection_sample_torch(
     s = target_logits.to(torch.float32)
     t_eff = torch.where(greedy_req, torch.ones_like(temp), temp)
     if bool((t_eff != 1).any()):
-        s = s / t_eff[req][:, None]
+        # bf16/fp16 logits were just copied to float32: divide that copy in place instead of allocating another.
+        s = s.div_(t_eff[req][:, None]) if s is not target_logits else s / t_eff[req][:, None]
     s, probs = _target_probs(s)
     p_x = probs.gather(1, draft[:, None]).squeeze(1)
     max_p = probs.amax(dim=-1)

@@ -15,24 +15,27 @@ from .reference import sanitize_logits
 
 
 def _target_probs(s: torch.Tensor):
-    """softmax of scaled logits ``s`` [n, V] with the shared non-finite rules; also returns the row max of ``s``.
+    """softmax of scaled logits ``s`` [n, V] and its row max, with the shared non-finite rules.
 
-    torch's fused softmax is ~2x faster than logsumexp on CPU, and the recovered rows reuse its output.
+    torch's fused softmax is ~2x faster than logsumexp on CPU, and the recovered rows reuse its output. Any row with
+    NaN, +inf or no finite logit comes out of softmax as NaN, so the max pass (needed for h anyway) finds them: only
+    those rows are sanitised and recomputed, and finite inputs pay for no extra pass.
     """
-    m = s.amax(dim=-1)
-    # NaN propagates through amax and +inf / all -inf show up in it: only such rows pay for sanitising.
-    bad = ~torch.isfinite(m)
+    probs = torch.softmax(s, dim=-1)
+    max_p = probs.amax(dim=-1)
+    bad = torch.isnan(max_p)
     if bool(bad.any()):
         s = s.clone()
         sb = sanitize_logits(s[bad])
         # Shift those rows by their max: rows of clamped +inf keep their precision.
-        s[bad] = sb - sb.amax(dim=-1, keepdim=True).clamp(min=-FLOAT32_MAX)
-        m = s.amax(dim=-1)
-    probs = torch.softmax(s, dim=-1)
-    empty = m == float("-inf")  # no finite logit at all: treated as uniform
-    if bool(empty.any()):
-        probs[empty] = 1.0 / s.shape[-1]
-    return s, probs
+        sb = sb - sb.amax(dim=-1, keepdim=True).clamp(min=-FLOAT32_MAX)
+        s[bad] = sb
+        pb = torch.softmax(sb, dim=-1)
+        empty = sb.amax(dim=-1) == float("-inf")  # no finite logit at all: treated as uniform
+        pb[empty] = 1.0 / s.shape[-1]
+        probs[bad] = pb
+        max_p[bad] = pb.amax(dim=-1)
+    return s, probs, max_p
 
 
 def ears_rejection_sample_torch(
@@ -73,9 +76,8 @@ def ears_rejection_sample_torch(
     if bool((t_eff != 1).any()):
         # bf16/fp16 logits were just copied to float32: divide that copy in place instead of allocating another.
         s = s.div_(t_eff[req][:, None]) if s is not target_logits else s / t_eff[req][:, None]
-    s, probs = _target_probs(s)
+    s, probs, max_p = _target_probs(s)
     p_x = probs.gather(1, draft[:, None]).squeeze(1)
-    max_p = probs.amax(dim=-1)
     h = torch.where(greedy, torch.zeros_like(max_p), 1.0 - max_p)
 
     if draft_probs is None:

@@ -1,29 +1,56 @@
-"""Constants and the output type shared by every EARS backend (reference, CPU path, Triton kernel)."""
+"""Constants, the output type and the small numerical rules shared by every EARS backend."""
 
 from typing import NamedTuple
 
 import torch
 
-# Same value as vLLM's `vllm.v1.sample.rejection_sampler.PLACEHOLDER_TOKEN_ID`.
+# Same value as vLLM's `vllm.v1.sample.rejection_sampler.PLACEHOLDER_TOKEN_ID`: in `draft_token_ids` it means "no
+# draft at this position" (vLLM pads drafts that a grammar rejected with it); in the output it pads each row.
 PLACEHOLDER_TOKEN_ID = -1
 # Same value as vLLM's `_SAMPLING_EPS`: a request whose temperature is below it is greedy.
 GREEDY_TEMPERATURE_EPS = 1e-5
 # +inf logits are clamped to this (so several +inf tokens share the mass equally instead of producing NaN).
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Inverse-CDF sampling works on blocks of this many tokens: block sums, then one block's cumulative sum.
+CDF_BLOCK = 256
+
+
+def sanitize_logits(scaled_logits: torch.Tensor) -> torch.Tensor:
+    """The behaviour on non-finite logits, shared by all backends.
+
+    NaN is treated as -inf (the token can never be emitted); +inf is clamped to float32's max, so tokens with +inf
+    share the probability mass equally and every finite token gets probability 0.
+    """
+    x = torch.where(torch.isnan(scaled_logits), float("-inf"), scaled_logits)
+    return x.clamp(max=FLOAT32_MAX)
 
 
 def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Index drawn from each row of ``weights`` [n, V] (non-negative, not normalised) by inverse CDF.
 
-    ``uniforms`` [n] in [0, 1). The first index whose cumulative weight (float64) exceeds ``u * total``: a
-    zero-weight token can never be chosen; if rounding puts ``u * total`` at the total, the last positive weight is
-    taken. Rows of total weight 0 return 0: callers handle them.
+    ``uniforms`` [n] in [0, 1). The first index whose cumulative weight exceeds ``u * total``, where cumulative
+    weights are float64 sums of blocks of ``CDF_BLOCK`` tokens and then of one block (no [n, V] float64 copy and no
+    full-row cumulative sum; the result differs from a flat cumulative sum only by float rounding). A zero-weight
+    token is never chosen; if rounding puts ``u * total`` at or past the total, the last positive weight is taken.
+    Rows of total weight 0 return 0: callers handle them.
     """
-    cdf = weights.to(torch.float64).cumsum(dim=-1)
-    total = cdf[:, -1:].contiguous()
-    idx = torch.searchsorted(cdf, uniforms.to(torch.float64)[:, None] * total, right=True)
-    last_positive = torch.searchsorted(cdf, total, right=False)
-    return torch.minimum(idx, last_positive).squeeze(1)
+    n, vocab = weights.shape
+    num_blocks = -(-vocab // CDF_BLOCK)
+    if num_blocks * CDF_BLOCK != vocab:
+        weights = torch.nn.functional.pad(weights, (0, num_blocks * CDF_BLOCK - vocab))
+    blocks = weights.view(n, num_blocks, CDF_BLOCK)
+    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum_(dim=-1)  # [n, num_blocks]
+    total = block_cdf[:, -1:]
+    target = uniforms.to(torch.float64)[:, None] * total
+    # The block holding the sample: the first whose cumulative weight exceeds the target, else the last positive one.
+    blk = torch.minimum(torch.searchsorted(block_cdf, target, right=True),
+                        torch.searchsorted(block_cdf, total.contiguous(), right=False)).clamp_(max=num_blocks - 1)
+    below = torch.where(blk > 0, block_cdf.gather(1, (blk - 1).clamp(min=0)), torch.zeros_like(target))
+    rows = torch.arange(n, device=weights.device)
+    cdf = blocks[rows, blk.squeeze(1)].to(torch.float64).cumsum_(dim=-1)  # [n, CDF_BLOCK]
+    idx = torch.minimum(torch.searchsorted(cdf, target - below, right=True),
+                        torch.searchsorted(cdf, cdf[:, -1:].contiguous(), right=False))
+    return (blk * CDF_BLOCK + idx).squeeze(1).clamp_(max=vocab - 1)
 
 
 class EarsOutput(NamedTuple):
@@ -43,9 +70,17 @@ class EarsOutput(NamedTuple):
     num_tolerance_accepted : torch.Tensor
         Shape: ``[batch]``, int32. Accepted draft tokens that the standard rule would have rejected with the same
         uniform draw (``p/q < u <= p/q + alpha*h``): the tokens accepted only thanks to the EARS tolerance.
+    tv_cost : torch.Tensor
+        Shape: ``[num_tokens]``, float32. At every position the random rule decided (up to and including a request's
+        first rejection): ``min(1, p(x)/q(x) + alpha*h) - min(1, p(x)/q(x))`` (0 when ``p(x) = 0``, ``q(x) = 0`` or
+        ``x = -1``), the extra acceptance probability the tolerance gave the drafted ``x``. Its expectation over
+        ``x ~ q`` is exactly the total-variation distance between the token EARS emits at that position and the
+        target distribution (with one-hot drafts it is that distance itself). 0 at undecided positions and for
+        greedy requests. The sum over a step is the expected TV cost the step added.
     """
 
     output_token_ids: torch.Tensor
     uncertainty: torch.Tensor
     num_accepted: torch.Tensor
     num_tolerance_accepted: torch.Tensor
+    tv_cost: torch.Tensor

@@ -1,48 +1,78 @@
 """Vectorised torch implementation of EARS verification (the backend for CPU tensors).
 
-Cost: torch's fused softmax over ``[num_tokens, vocab]`` (uncertainty = 1 - row max, p(x) = one gather), then
-full-vocabulary work only for the <= ``batch`` rows where a request rejected; with ``[batch]`` uniforms the
-recovered token is drawn by inverse CDF, so no ``[batch, vocab]`` noise is drawn. The stock vLLM path also
-materialises softmax, but draws ``[batch, vocab]`` exponentials and samples a recovered token for every row.
+Cost: one pass over the draft rows' logits, a few rows at a time so that the scaled copy and the softmax stay in
+the CPU cache (temperature division, softmax, its max for h, one gather for p(x)); then full-vocabulary work only
+for the one row per request that emits a sampled token (the row of the first rejection, or the bonus row when
+``bonus_token_ids`` is None), drawn by inverse CDF from one uniform per request. The stock vLLM path materialises
+the scaled logits and the softmax of every row and draws ``[batch, vocab]`` exponentials.
 """
 
 from typing import Optional, Union
 
 import torch
 
-from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf
-from .reference import sanitize_logits
+from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf, \
+    sanitize_logits
+
+# Rows per pass are chosen so that one float32 temporary stays near this size (1 MiB: L2-resident). Larger
+# temporaries are also returned to the system and faulted back in by glibc on every call.
+CHUNK_ELEMS = 1 << 18
 
 
-def _target_probs(s: torch.Tensor):
+def _softmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax of scaled logits ``s`` [n, V] and its row max, with the shared non-finite rules.
 
-    torch's fused softmax is ~2x faster than logsumexp on CPU, and the recovered rows reuse its output. Any row with
-    NaN, +inf or no finite logit comes out of softmax as NaN, so the max pass (needed for h anyway) finds them: only
-    those rows are sanitised and recomputed, and finite inputs pay for no extra pass.
+    Any row with NaN, +inf or no finite logit comes out of softmax as NaN, so the max (needed for h anyway) finds
+    them: only those rows are sanitised and recomputed, and finite inputs pay for no extra pass.
     """
     probs = torch.softmax(s, dim=-1)
     max_p = probs.amax(dim=-1)
     bad = torch.isnan(max_p)
     if bool(bad.any()):
-        s = s.clone()
         sb = sanitize_logits(s[bad])
         # Shift those rows by their max: rows of clamped +inf keep their precision.
         sb = sb - sb.amax(dim=-1, keepdim=True).clamp(min=-FLOAT32_MAX)
-        s[bad] = sb
         pb = torch.softmax(sb, dim=-1)
-        empty = sb.amax(dim=-1) == float("-inf")  # no finite logit at all: treated as uniform
-        pb[empty] = 1.0 / s.shape[-1]
+        pb[sb.amax(dim=-1) == float("-inf")] = 1.0 / s.shape[-1]  # no finite logit at all: uniform
         probs[bad] = pb
         max_p[bad] = pb.amax(dim=-1)
-    return s, probs, max_p
+    return probs, max_p
+
+
+def _scaled_rows(logits: torch.Tensor, rows: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
+    """float32 ``logits[rows] / temp[:, None]``, never writing into ``logits``."""
+    s = logits.index_select(0, rows).to(torch.float32)  # a fresh copy: divide it in place
+    return s.div_(temp[:, None]) if bool((temp != 1).any()) else s
+
+
+def _draft_row_stats(logits, rows, temp, x):
+    """(max_v p(v), p(x)) of softmax(logits[row] / T) for every draft row, a cache-sized chunk of rows at a time."""
+    n, vocab = rows.numel(), logits.shape[1]
+    max_p = torch.empty(n, dtype=torch.float32, device=logits.device)
+    p_x = torch.empty(n, dtype=torch.float32, device=logits.device)
+    step = n if logits.is_cuda else max(1, CHUNK_ELEMS // vocab)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        probs, max_p[a:b] = _softmax(_scaled_rows(logits, rows[a:b], temp[a:b]))
+        p_x[a:b] = probs.gather(1, x[a:b].clamp(min=0)[:, None]).squeeze(1)
+    return max_p, p_x.masked_fill_(x < 0, 0.0)
+
+
+def _argmax(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """argmax of sanitize(logits[row]) (greedy requests: no temperature), sanitising only rows that need it."""
+    g = logits.index_select(0, rows)
+    values, idx = g.max(dim=-1)
+    bad = ~torch.isfinite(values)  # NaN, +inf, or no finite logit
+    if bool(bad.any()):
+        idx[bad] = sanitize_logits(g[bad].to(torch.float32)).argmax(dim=-1)
+    return idx
 
 
 def ears_rejection_sample_torch(
-    draft_token_ids: torch.Tensor,  # [num_tokens]
+    draft_token_ids: torch.Tensor,  # [num_tokens], -1 = no draft
     cu_num_draft_tokens: torch.Tensor,  # [batch]
-    target_logits: torch.Tensor,  # [num_tokens, vocab_size]
-    bonus_token_ids: torch.Tensor,  # [batch]
+    target_logits: torch.Tensor,  # [num_tokens, vocab_size], or [num_tokens + batch, vocab_size] if no bonus ids
+    bonus_token_ids: Optional[torch.Tensor],  # [batch] or None: sampled from each request's last row
     temperature: torch.Tensor,  # [batch]
     alpha: Union[float, torch.Tensor],  # scalar or [batch]
     max_spec_len: int,
@@ -52,47 +82,50 @@ def ears_rejection_sample_torch(
 ) -> EarsOutput:
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
-    num_tokens, vocab_size = target_logits.shape
+    num_tokens = draft_token_ids.numel()
+    packed = bonus_token_ids is None
     out = torch.full((batch, max_spec_len + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int32, device=device)
-    bonus = bonus_token_ids.reshape(-1).to(torch.int32)
 
     cu = cu_num_draft_tokens.to(torch.int64)
     num_draft = torch.diff(cu, prepend=cu.new_zeros(1))
-    if num_tokens == 0:
-        out[:, 0] = bonus
-        zeros = torch.zeros(batch, dtype=torch.int32, device=device)
-        return EarsOutput(out, torch.zeros(0, dtype=torch.float32, device=device), zeros, zeros.clone())
-
-    req = torch.repeat_interleave(torch.arange(batch, device=device), num_draft, output_size=num_tokens)
-    pos = torch.arange(num_tokens, device=device) - (cu - num_draft)[req]
+    start = cu - num_draft
+    arange_b = torch.arange(batch, device=device)
+    # Row of draft 0 of each request in target_logits; with bonus rows, request b's rows are shifted by b.
+    row0 = start + arange_b if packed else start
     temp = temperature.to(torch.float32)
     greedy_req = temp < GREEDY_TEMPERATURE_EPS
-    greedy = greedy_req[req]
+    t_eff = torch.where(greedy_req, torch.ones_like(temp), temp)
     draft = draft_token_ids.to(torch.int64)
 
-    # Scaled logits: temperature division is skipped when every random request already runs at T = 1.
-    s = target_logits.to(torch.float32)
-    t_eff = torch.where(greedy_req, torch.ones_like(temp), temp)
-    if bool((t_eff != 1).any()):
-        # bf16/fp16 logits were just copied to float32: divide that copy in place instead of allocating another.
-        s = s.div_(t_eff[req][:, None]) if s is not target_logits else s / t_eff[req][:, None]
-    s, probs, max_p = _target_probs(s)
-    p_x = probs.gather(1, draft[:, None]).squeeze(1)
+    req = torch.repeat_interleave(arange_b, num_draft, output_size=num_tokens)
+    pos = torch.arange(num_tokens, device=device) - start[req]
+    rows = row0[req] + pos
+    greedy = greedy_req[req]
+
+    # Pass over the rows of random requests: h and p(x) from softmax; greedy rows: argmax only.
+    rand_idx = (~greedy).nonzero().squeeze(1)
+    greedy_idx = greedy.nonzero().squeeze(1)
+    max_p = torch.ones(num_tokens, dtype=torch.float32, device=device)
+    p_x = torch.zeros(num_tokens, dtype=torch.float32, device=device)
+    if rand_idx.numel():
+        max_p[rand_idx], p_x[rand_idx] = _draft_row_stats(target_logits, rows[rand_idx], t_eff[req[rand_idx]],
+                                                          draft[rand_idx])
+    target_argmax = torch.full((num_tokens,), -2, dtype=torch.int64, device=device)
+    if greedy_idx.numel():
+        target_argmax[greedy_idx] = _argmax(target_logits, rows[greedy_idx])
     h = torch.where(greedy, torch.zeros_like(max_p), 1.0 - max_p)
 
+    valid_x = draft >= 0
     if draft_probs is None:
-        q_x = torch.ones_like(p_x)
+        q_x = valid_x.to(torch.float32)
     else:
-        q_x = draft_probs.gather(1, draft[:, None]).squeeze(1).to(torch.float32)
+        q_x = draft_probs.gather(1, draft.clamp(min=0)[:, None]).squeeze(1).to(torch.float32).masked_fill_(~valid_x, 0)
     alpha_tok = alpha.to(torch.float64)[req] if isinstance(alpha, torch.Tensor) and alpha.dim() > 0 else float(alpha)
     u = uniform_probs.to(torch.float64)
-    ratio = torch.where(q_x > 0, p_x.double() / q_x.double(), torch.zeros_like(u))
-    accept_random = (p_x > 0) & (q_x > 0) & (ratio >= u - alpha_tok * h.double())
-
-    greedy_rows = greedy.nonzero().squeeze(1)
-    target_argmax = torch.zeros(num_tokens, dtype=torch.int64, device=device)
-    if greedy_rows.numel():
-        target_argmax[greedy_rows] = s[greedy_rows].argmax(dim=-1)
+    decidable = (p_x > 0) & (q_x > 0)
+    ratio = torch.where(decidable, p_x.double() / q_x.double().clamp(min=1e-300), torch.zeros_like(u))
+    tolerance_term = alpha_tok * h.double()
+    accept_random = decidable & (ratio >= u - tolerance_term)
     accepted = torch.where(greedy, draft == target_argmax, accept_random)
     tolerance = accepted & ~greedy & (ratio < u)
 
@@ -101,35 +134,47 @@ def ears_rejection_sample_torch(
     acc_pad[req, pos] = accepted.to(torch.int32)
     chain = torch.cumprod(acc_pad, dim=1)
     num_accepted = torch.minimum(chain.sum(dim=1), num_draft).to(torch.int32)
-    in_chain = (chain[req, pos] == 1)
+    in_chain = chain[req, pos] == 1
     draft_pad = torch.full((batch, max_spec_len), PLACEHOLDER_TOKEN_ID, dtype=torch.int32, device=device)
     draft_pad[req, pos] = torch.where(in_chain, draft, PLACEHOLDER_TOKEN_ID).to(torch.int32)
     out[:, :max_spec_len] = draft_pad
     num_tolerance = torch.zeros(batch, dtype=torch.int32, device=device)
     num_tolerance.index_add_(0, req, (tolerance & in_chain).to(torch.int32))
+    # Decided positions: every accepted one and the first rejection.
+    decided = pos <= num_accepted.to(torch.int64)[req]
+    gain = (ratio + tolerance_term).clamp(max=1.0) - ratio.clamp(max=1.0)
+    tv_cost = torch.where(decided & decidable & ~greedy, gain, torch.zeros_like(gain)).to(torch.float32)
 
+    # The one sampled token per request: recovered (first rejection) or bonus (all accepted).
     rejected = num_accepted < num_draft
-    all_accepted = ~rejected
-    out[all_accepted, num_draft[all_accepted]] = bonus[all_accepted]
-
-    rej_req = rejected.nonzero().squeeze(1)
-    if rej_req.numel():
-        rej_row = (cu - num_draft)[rej_req] + num_accepted[rej_req].to(torch.int64)
-        recovered = target_argmax[rej_row]
-        rand = ~greedy_req[rej_req]
-        if bool(rand.any()):
-            rb, rr = rej_req[rand], rej_row[rand]
-            p = probs[rr]
-            if draft_probs is None:
-                residual = p.scatter(1, draft[rr][:, None], 0.0)
+    acc64 = num_accepted.to(torch.int64)
+    final = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    rej_draft = (start + acc64)[rejected]  # draft index of the first rejection
+    final[rejected] = torch.where(greedy_req[rejected], target_argmax[rej_draft], final[rejected])
+    if packed:
+        bonus_req = (~rejected & greedy_req).nonzero().squeeze(1)
+        if bonus_req.numel():
+            final[bonus_req] = _argmax(target_logits, row0[bonus_req] + num_draft[bonus_req])
+        sample_req = (~greedy_req).nonzero().squeeze(1)
+    else:
+        final[~rejected] = bonus_token_ids.reshape(-1).to(torch.int64)[~rejected]
+        sample_req = (rejected & ~greedy_req).nonzero().squeeze(1)
+    if sample_req.numel():
+        is_rej = rejected[sample_req]
+        p, _ = _softmax(_scaled_rows(target_logits, row0[sample_req] + acc64[sample_req], t_eff[sample_req]))
+        residual = p
+        if bool(is_rej.any()):
+            d_idx = (start + acc64)[sample_req].clamp(max=num_tokens - 1)  # draft index of the rejection
+            if draft_probs is None:  # p without the rejected draft (a -1 placeholder removes nothing)
+                x = torch.where(is_rej, draft[d_idx], -1)
+                residual = torch.where((x >= 0)[:, None], p.scatter(1, x.clamp(min=0)[:, None], 0.0), p)
             else:
-                residual = (p - draft_probs[rr].to(torch.float32)).clamp_(min=0)
-            empty = ~(residual > 0).any(dim=1)
-            residual = torch.where(empty[:, None], p, residual)
-            if recovery_noise.dim() == 2:
-                recovered[rand] = (residual / recovery_noise[rb].to(torch.float32)).argmax(dim=1)
-            else:
-                recovered[rand] = sample_inverse_cdf(residual, recovery_noise[rb])
-        out[rej_req, num_accepted[rej_req].to(torch.int64)] = recovered.to(torch.int32)
-
-    return EarsOutput(out, h.to(torch.float32), num_accepted, num_tolerance)
+                residual = torch.where(is_rej[:, None], (p - draft_probs[d_idx].to(torch.float32)).clamp_(min=0), p)
+        residual = torch.where((residual > 0).any(dim=1, keepdim=True), residual, p)  # empty residual: use p
+        noise = recovery_noise[sample_req]
+        if noise.dim() == 2:  # exponential race
+            final[sample_req] = (residual / noise.to(torch.float32)).argmax(dim=1)
+        else:
+            final[sample_req] = sample_inverse_cdf(residual, noise)
+    out[arange_b, acc64] = final.to(torch.int32)
+    return EarsOutput(out, h.to(torch.float32), num_accepted, num_tolerance, tv_cost)

@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._common import EarsOutput
+from ._common import PLACEHOLDER_TOKEN_ID, EarsOutput
 
 _BACKENDS = ("auto", "triton", "torch", "reference")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -49,17 +49,25 @@ def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, dev
 def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
               max_spec_len, draft_probs, uniform_probs, recovery_noise):
     _check_tensor("target_logits", target_logits, 2, floating=True)
-    num_tokens, vocab_size = target_logits.shape
+    num_rows, vocab_size = target_logits.shape
     dev = target_logits.device
     if vocab_size == 0:
         _fail("target_logits", "has an empty vocabulary dimension")
-    _check_tensor("draft_token_ids", draft_token_ids, 1, integer=True, shape=(num_tokens,), device=dev)
+    _check_tensor("draft_token_ids", draft_token_ids, 1, integer=True, device=dev)
+    num_tokens = draft_token_ids.numel()
     _check_tensor("cu_num_draft_tokens", cu_num_draft_tokens, 1, integer=True, device=dev)
     batch = cu_num_draft_tokens.numel()
-    if bonus_token_ids.dim() == 2:
-        _check_tensor("bonus_token_ids", bonus_token_ids, 2, integer=True, shape=(batch, 1), device=dev)
+    if bonus_token_ids is None:
+        if num_rows != num_tokens + batch:
+            _fail("target_logits", f"must have num_tokens + batch = {num_tokens + batch} rows (each request's draft "
+                                   f"rows, then its bonus row) when bonus_token_ids is None, got {num_rows}")
     else:
-        _check_tensor("bonus_token_ids", bonus_token_ids, 1, integer=True, shape=(batch,), device=dev)
+        if num_rows != num_tokens:
+            _fail("draft_token_ids", f"must have one entry per row of target_logits ({num_rows}), got {num_tokens}")
+        if bonus_token_ids.dim() == 2:
+            _check_tensor("bonus_token_ids", bonus_token_ids, 2, integer=True, shape=(batch, 1), device=dev)
+        else:
+            _check_tensor("bonus_token_ids", bonus_token_ids, 1, integer=True, shape=(batch,), device=dev)
     _check_tensor("temperature", temperature, 1, floating=True, shape=(batch,), device=dev)
     if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
         _fail("temperature", "must be >= 0 and not NaN (0 means greedy)")
@@ -79,8 +87,8 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
             _fail("max_spec_len", f"is {max_spec_len} but a request has {int(counts.max())} draft tokens")
     elif num_tokens:
         _fail("cu_num_draft_tokens", "is empty but there are draft tokens")
-    if num_tokens and (int(draft_token_ids.min()) < 0 or int(draft_token_ids.max()) >= vocab_size):
-        _fail("draft_token_ids", f"must lie in [0, vocab_size={vocab_size})")
+    if num_tokens and (int(draft_token_ids.min()) < PLACEHOLDER_TOKEN_ID or int(draft_token_ids.max()) >= vocab_size):
+        _fail("draft_token_ids", f"must lie in [0, vocab_size={vocab_size}), or be {PLACEHOLDER_TOKEN_ID} (no draft)")
     if draft_probs is not None:
         _check_tensor("draft_probs", draft_probs, 2, floating=True, shape=(num_tokens, vocab_size), device=dev)
     if uniform_probs is not None:
@@ -96,7 +104,7 @@ def ears_rejection_sample(
     draft_token_ids: torch.Tensor,
     cu_num_draft_tokens: torch.Tensor,
     target_logits: torch.Tensor,
-    bonus_token_ids: torch.Tensor,
+    bonus_token_ids: Optional[torch.Tensor],
     temperature: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     max_spec_len: int,
@@ -119,17 +127,23 @@ def ears_rejection_sample(
     Parameters
     ----------
     draft_token_ids : torch.Tensor
-        Shape: ``[num_tokens]``, integer. The draft tokens of all requests, flattened.
+        Shape: ``[num_tokens]``, integer. The draft tokens of all requests, flattened. ``-1``
+        (``PLACEHOLDER_TOKEN_ID``) means "no draft here" and is always rejected, for greedy and random requests
+        alike (vLLM pads drafts that a grammar rejected with it); its recovered token is drawn from
+        ``normalize(max(p - q, 0))`` with ``draft_probs``, from ``p`` without.
     cu_num_draft_tokens : torch.Tensor
         Shape: ``[batch]``, integer. Cumulative number of draft tokens per request (vLLM's layout); a request may
         have 0 drafts.
     target_logits : torch.Tensor
-        Shape: ``[num_tokens, vocab_size]``, float32 / bfloat16 / float16. Target logits at the draft positions,
+        Shape: ``[num_tokens, vocab_size]``, or ``[num_tokens + batch, vocab_size]`` when ``bonus_token_ids`` is
+        None (vLLM's sampler layout: each request's draft rows, then its bonus row). float32 / bfloat16 / float16,
         with top-k / top-p / bans already applied as ``-inf`` but *not* divided by the temperature (the division is
         fused). NaN logits count as ``-inf``; ``+inf`` logits share the mass equally; a row with no finite logit is
         treated as uniform.
-    bonus_token_ids : torch.Tensor
-        Shape: ``[batch]`` or ``[batch, 1]``, integer. Token emitted when every draft of a request is accepted.
+    bonus_token_ids : torch.Tensor or None
+        Shape: ``[batch]`` or ``[batch, 1]``, integer. Token emitted when every draft of a request is accepted. If
+        None, the bonus token is sampled here from the request's bonus row (argmax for a greedy request), only for
+        requests that accept every draft.
     temperature : torch.Tensor
         Shape: ``[batch]``, float. Below 1e-5 the request is greedy. Pass 1.0 for rows whose logits are already
         scaled.
@@ -142,11 +156,13 @@ def ears_rejection_sample(
     uniform_probs : torch.Tensor, optional
         Shape: ``[num_tokens]``, float64 recommended. The ``u`` of each position; drawn with ``generator`` if None.
     recovery_noise : torch.Tensor, optional
-        Shape: ``[batch, vocab_size]``, float32, i.i.d. Exp(1): recovered token = ``argmax(residual / noise)``
-        (vLLM's exponential race). Or shape ``[batch]``, float64 U(0, 1): the recovered token is drawn by inverse
-        CDF of the residual, one uniform per request (torch / reference backends only; far cheaper on CPU, where
-        drawing ``batch * vocab_size`` exponentials costs more than the whole verification). Drawn with
-        ``generator`` if None: ``[batch, vocab_size]`` for the Triton backend, ``[batch]`` otherwise.
+        The randomness of each request's one sampled token: the recovered token, or the bonus token when
+        ``bonus_token_ids`` is None (a request emits one or the other, never both). Shape ``[batch, vocab_size]``,
+        float32, i.i.d. Exp(1): token = ``argmax(weights / noise)`` (vLLM's exponential race). Or shape ``[batch]``,
+        float64 U(0, 1): the token is drawn by inverse CDF, one uniform per request (torch / reference backends
+        only; far cheaper on CPU, where drawing ``batch * vocab_size`` exponentials costs more than the whole
+        verification). Drawn with ``generator`` if None: ``[batch, vocab_size]`` for the Triton backend,
+        ``[batch]`` otherwise.
     generator : torch.Generator, optional
         Used only for randomness not passed in.
     validate : bool
@@ -159,14 +175,15 @@ def ears_rejection_sample(
     EarsOutput
         ``output_token_ids`` ``[batch, max_spec_len + 1]`` int32 padded with -1; ``uncertainty`` ``[num_tokens]``
         float32; ``num_accepted`` ``[batch]`` int32; ``num_tolerance_accepted`` ``[batch]`` int32 (drafts accepted
-        only thanks to the tolerance: ``p/q < u``).
+        only thanks to the tolerance: ``p/q < u``); ``tv_cost`` ``[num_tokens]`` float32, the exact expected
+        total-variation cost of the tolerance at each decided position (see :class:`ears_vllm.EarsOutput`).
 
     Examples
     --------
     A 4-token vocabulary, two requests with 2 drafts each. Request 0's target is flat (h = 0.7) and its draft
     token 1 has p = 0.3 < u = 0.5: the standard rule rejects it, EARS with alpha = 0.5 accepts it (0.3 + 0.35 >=
-    0.5). Request 1 drafts token 3, which its target forbids (p = 0): rejected whatever alpha, and the recovered
-    token comes from p without token 3.
+    0.5), at an expected TV cost of min(1, 0.3 + 0.35) - 0.3 = 0.35. Request 1 drafts token 3, which its target
+    forbids (p = 0): rejected whatever alpha, and the recovered token comes from p without token 3.
 
     >>> import torch
     >>> from ears_vllm import ears_rejection_sample
@@ -189,13 +206,26 @@ def ears_rejection_sample(
     ([2, 0], [1, 0])
     >>> [round(h, 2) for h in out.uncertainty.tolist()]
     [0.7, 0.7, 0.1, 0.1]
+    >>> [round(c, 2) for c in out.tv_cost.tolist()]
+    [0.35, 0.35, 0.0, 0.0]
+
+    vLLM's layout with the bonus sampled in the step: each request's draft rows, then its bonus row, and
+    ``bonus_token_ids=None``. Request 0 accepts its draft and samples its bonus from its second (flat) row;
+    request 1 is greedy and its draft is a ``-1`` placeholder: rejected, the target's argmax is emitted.
+
+    >>> out = ears_rejection_sample(
+    ...     torch.tensor([1, -1]), torch.tensor([1, 2]), torch.stack([flat, flat, peaked, peaked]), None,
+    ...     temperature=torch.tensor([1.0, 0.0]), alpha=0.5, max_spec_len=1,
+    ...     uniform_probs=torch.tensor([0.5, 0.5], dtype=torch.float64), recovery_noise=torch.ones(2, 4))
+    >>> out.output_token_ids.tolist()
+    [[1, 0], [1, -1]]
     """
     if backend not in _BACKENDS:
         _fail("backend", f"must be one of {_BACKENDS}, got {backend!r}")
     if validate:
         _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
                   max_spec_len, draft_probs, uniform_probs, recovery_noise)
-    num_tokens, vocab_size = target_logits.shape
+    num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
     device = target_logits.device
     if uniform_probs is None:
         uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)

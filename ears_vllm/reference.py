@@ -7,17 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf
-
-
-def sanitize_logits(scaled_logits: torch.Tensor) -> torch.Tensor:
-    """The behaviour on non-finite logits, shared by all backends.
-
-    NaN is treated as -inf (the token can never be emitted); +inf is clamped to float32's max, so tokens with +inf
-    share the probability mass equally and every finite token gets probability 0.
-    """
-    x = torch.where(torch.isnan(scaled_logits), float("-inf"), scaled_logits)
-    return x.clamp(max=FLOAT32_MAX)
+from ._common import GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf, sanitize_logits
 
 
 def target_probs_reference(logits_row: torch.Tensor, temperature: float, dtype=torch.float64) -> torch.Tensor:
@@ -30,11 +20,18 @@ def target_probs_reference(logits_row: torch.Tensor, temperature: float, dtype=t
     return e / e.sum()
 
 
+def _sample(weights: torch.Tensor, noise_row: torch.Tensor) -> int:
+    """One index from non-negative ``weights``: exponential race ([V] Exp(1) noise) or inverse CDF ([] uniform)."""
+    if noise_row.dim() == 1:
+        return int(torch.argmax(weights / noise_row.to(weights.dtype)))
+    return int(sample_inverse_cdf(weights[None], noise_row.reshape(1))[0])
+
+
 def ears_rejection_sample_reference(
     draft_token_ids: torch.Tensor,
     cu_num_draft_tokens: torch.Tensor,
     target_logits: torch.Tensor,
-    bonus_token_ids: torch.Tensor,
+    bonus_token_ids: Optional[torch.Tensor],
     temperature: torch.Tensor,
     alpha: Union[float, torch.Tensor],
     max_spec_len: int,
@@ -46,26 +43,29 @@ def ears_rejection_sample_reference(
     """Same contract as :func:`ears_vllm.ears_rejection_sample`, with every input given explicitly."""
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()
+    packed = bonus_token_ids is None  # target_logits holds each request's draft rows, then its bonus row
     out = torch.full((batch, max_spec_len + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int32)
     uncertainty = torch.zeros(num_tokens, dtype=torch.float32)
+    tv_cost = torch.zeros(num_tokens, dtype=torch.float32)
     num_accepted = torch.zeros(batch, dtype=torch.int32)
     num_tolerance = torch.zeros(batch, dtype=torch.int32)
     cu = cu_num_draft_tokens.tolist()
-    bonus = bonus_token_ids.reshape(-1).tolist()
     alphas = alpha.tolist() if isinstance(alpha, torch.Tensor) and alpha.dim() > 0 else [float(alpha)] * batch
 
     for b in range(batch):
         start = 0 if b == 0 else cu[b - 1]
         n = cu[b] - start
+        row0 = start + b if packed else start  # row of draft 0 in target_logits
         temp = float(temperature[b])
         greedy = temp < GREEDY_TEMPERATURE_EPS
         if not greedy:  # reported at every draft position, also those after the first rejection
-            for row in range(start, start + n):
-                uncertainty[row] = 1.0 - float(target_probs_reference(target_logits[row], temp, dtype).max())
+            for j in range(n):
+                p = target_probs_reference(target_logits[row0 + j], temp, dtype)
+                uncertainty[start + j] = 1.0 - float(p.max())
         rejected = False
         for j in range(n):
-            row = start + j
-            x = int(draft_token_ids[row])
+            row = row0 + j
+            x = int(draft_token_ids[start + j])  # PLACEHOLDER_TOKEN_ID (-1): no draft here, always rejected
             if greedy:
                 target_argmax = int(torch.argmax(sanitize_logits(target_logits[row].to(dtype))))
                 if x == target_argmax:
@@ -78,29 +78,37 @@ def ears_rejection_sample_reference(
 
             p = target_probs_reference(target_logits[row], temp, dtype)
             h = 1.0 - float(p.max())
-            px = float(p[x])
-            qx = 1.0 if draft_probs is None else float(draft_probs[row, x])
+            px = float(p[x]) if x >= 0 else 0.0
+            qx = 1.0 if draft_probs is None else (float(draft_probs[start + j, x]) if x >= 0 else 0.0)
             ratio = px / qx if qx > 0 else 0.0
-            u = float(uniform_probs[row])
+            u = float(uniform_probs[start + j])
+            valid = px > 0 and qx > 0
+            # Exact expected TV cost of this step's tolerance: P(accept | EARS) - P(accept | standard).
+            if valid:
+                tv_cost[start + j] = min(1.0, ratio + alphas[b] * h) - min(1.0, ratio)
             # EARS: u <= p/q + alpha*h, and a token the target forbids (p = 0) is never accepted.
-            if px > 0 and qx > 0 and ratio >= u - alphas[b] * h:
+            if valid and ratio >= u - alphas[b] * h:
                 out[b, j] = x
                 num_accepted[b] += 1
                 num_tolerance[b] += int(ratio < u)
                 continue
             if draft_probs is None:
                 residual = p.clone()
-                residual[x] = 0
+                if x >= 0:
+                    residual[x] = 0
             else:
-                residual = (p - draft_probs[row].to(dtype)).clamp(min=0)
+                residual = (p - draft_probs[start + j].to(dtype)).clamp(min=0)
             if not bool((residual > 0).any()):
                 residual = p  # numerically empty residual: fall back to the target itself
-            if recovery_noise.dim() == 2:  # exponential race (vLLM's convention)
-                out[b, j] = int(torch.argmax(residual / recovery_noise[b].to(dtype)))
-            else:  # inverse CDF with one uniform per request
-                out[b, j] = int(sample_inverse_cdf(residual[None], recovery_noise[b:b + 1])[0])
+            out[b, j] = _sample(residual, recovery_noise[b])
             rejected = True
             break
-        if not rejected:
-            out[b, n] = bonus[b]
-    return EarsOutput(out, uncertainty, num_accepted, num_tolerance)
+        if rejected:
+            continue
+        if not packed:
+            out[b, n] = int(bonus_token_ids.reshape(-1)[b])
+        elif greedy:
+            out[b, n] = int(torch.argmax(sanitize_logits(target_logits[row0 + n].to(dtype))))
+        else:  # the bonus token, drawn with the same per-request noise a recovered token would have used
+            out[b, n] = _sample(target_probs_reference(target_logits[row0 + n], temp, dtype), recovery_noise[b])
+    return EarsOutput(out, uncertainty, num_accepted, num_tolerance, tv_cost)

@@ -5,13 +5,17 @@
    Splitting rows keeps the GPU's memory system busy when batch * K is small.
 2. ``_ears_verify_kernel``, grid ``(batch, splits)``: every program of a request combines the splits of each
    position into (max, Z, argmax) and, from them alone, gets max_v p = 1 / Z, p(x) = exp(l_x - max) / Z,
-   h = 1 - max_v p and the EARS decision  p(x) > 0 and q(x) > 0 and p(x)/q(x) >= u - alpha*h  (argmax matching for
-   greedy requests). Split 0 writes the accepted tokens, the bonus token or a greedy request's recovered token.
-   Where a random request rejected, and only there, each program makes the second pass over its split of that one
-   row: the residual max(p - q, 0) in an exponential race with the caller's noise (vLLM's recovered-token
-   sampling); the last program to finish (an atomic counter per request) takes the earliest argmax of the splits.
+   h = 1 - max_v p, the EARS decision  p(x) > 0 and q(x) > 0 and p(x)/q(x) >= u - alpha*h  (argmax matching for
+   greedy requests; a -1 placeholder draft is rejected without being read) and the expected TV cost of the
+   tolerance. Split 0 writes the accepted tokens and the counters. Then each request's one sampled token is drawn
+   by a second pass over one row, split over the programs: at a random request's first rejection the residual
+   max(p - q, 0) in an exponential race with the caller's noise (vLLM's recovered-token sampling); when the bonus
+   row is given (``bonus_token_ids`` is None) and every draft was accepted, the bonus row itself (argmax for a
+   greedy request, else the race in log space, ``argmax(l / T - log noise)``, which needs no statistics of that
+   row). The last program to finish (an atomic counter per request) takes the earliest argmax of the splits.
 
-Bytes moved: one read of the logits, plus one row of logits (+ draft probs, + noise) per rejecting request.
+Bytes moved: one read of the draft rows' logits, plus one row of logits (+ draft probs, + noise) per request that
+samples a token.
 """
 
 import functools
@@ -78,6 +82,7 @@ def _ears_row_stats_kernel(
     counter_ptr,  # [batch] int32 out: zeroed here for the verify kernel
     vocab_size,
     split_size,
+    PACKED: tl.constexpr,  # logits hold each request's draft rows, then its bonus row
     NUM_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -91,7 +96,7 @@ def _ears_row_stats_kernel(
         row = (start + pos).to(tl.int64)
         temp = tl.load(temperature_ptr + req).to(tl.float32)
         temp = tl.where(temp < GREEDY_TEMPERATURE_EPS, 1.0, temp)
-        row_ptr = logits_ptr + row * logits_stride
+        row_ptr = logits_ptr + (row + req * PACKED) * logits_stride
         lo = split * split_size
         hi = tl.minimum(lo + split_size, vocab_size)
         # The running max starts finite so that an all -inf split gives sum 0, not NaN.
@@ -118,11 +123,12 @@ def _ears_verify_kernel(
     output_token_ids_ptr,  # [batch, max_spec_len + 1] int32 out
     output_stride,
     uncertainty_ptr,  # [num_tokens] float32 out
+    tv_cost_ptr,  # [num_tokens] float32 out
     num_accepted_ptr,  # [batch] int32 out
     num_tolerance_ptr,  # [batch] int32 out
     cu_num_draft_tokens_ptr,  # [batch]
-    draft_token_ids_ptr,  # [num_tokens]
-    bonus_token_ids_ptr,  # [batch]
+    draft_token_ids_ptr,  # [num_tokens], -1 = no draft
+    bonus_token_ids_ptr,  # [batch] (read only when not PACKED)
     temperature_ptr,  # [batch]
     alpha_ptr,  # [batch] (read only when not SCALAR_ALPHA)
     alpha_scalar,
@@ -131,7 +137,7 @@ def _ears_verify_kernel(
     split_sum_ptr,  # [num_tokens, STAT_SPLITS]
     split_best_ptr,  # [num_tokens, STAT_SPLITS]
     split_argmax_ptr,  # [num_tokens, STAT_SPLITS]
-    logits_ptr,  # [num_tokens, vocab_size]
+    logits_ptr,  # [num_tokens (+ batch if PACKED), vocab_size]
     logits_stride,
     draft_probs_ptr,  # [num_tokens, vocab_size] (read only when HAS_DRAFT_PROBS)
     draft_probs_stride,
@@ -147,6 +153,7 @@ def _ears_verify_kernel(
     rec_split_size,
     HAS_DRAFT_PROBS: tl.constexpr,
     SCALAR_ALPHA: tl.constexpr,
+    PACKED: tl.constexpr,
     STAT_SPLITS: tl.constexpr,
     REC_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -155,6 +162,7 @@ def _ears_verify_kernel(
     split = tl.program_id(1)
     lead = split == 0
     start, num_draft = _request_span(cu_num_draft_tokens_ptr, req)
+    row0 = start + req * PACKED  # row of draft 0 in the logits
     out_ptr = output_token_ids_ptr + req * output_stride
     temp = tl.load(temperature_ptr + req).to(tl.float32)
     is_greedy = temp < GREEDY_TEMPERATURE_EPS
@@ -185,22 +193,29 @@ def _ears_verify_kernel(
         _, target_argmax = _earliest_argmax(pb, pa, vocab_size)
 
         x = tl.load(draft_token_ids_ptr + row).to(tl.int64)
-        s_x = _scaled_logits(logits_ptr + row * logits_stride, x, True, temp)
+        has_x = x >= 0  # a -1 placeholder is never read and never accepted
+        s_x = _scaled_logits(logits_ptr + (row0 + pos) * logits_stride, x, has_x, temp)
         valid = z > 0  # False only for a row with no finite logit: treated as uniform
-        p_x = tl.where(valid, tl.exp(s_x - m) / z, inv_v)
+        p_x = tl.where(valid, tl.exp(s_x - m) / z, tl.where(has_x, inv_v, 0.0))
         max_p = tl.where(valid, 1.0 / z, inv_v)
         h = tl.where(is_greedy, 0.0, 1.0 - max_p)
+        if HAS_DRAFT_PROBS:
+            q_x = tl.load(draft_probs_ptr + row * draft_probs_stride + x, mask=has_x, other=0.0).to(tl.float32)
+        else:
+            q_x = tl.where(has_x, 1.0, 0.0)
+        decidable = (p_x > 0) & (q_x > 0)
+        ratio = tl.where(decidable, p_x.to(tl.float64) / q_x, 0.0)
+        tolerance_term = alpha * h.to(tl.float64)
+        # Expected TV cost of the tolerance at a decided position: the extra acceptance probability of x.
+        gain = tl.minimum(ratio + tolerance_term, 1.0) - tl.minimum(ratio, 1.0)
+        tv_cost = tl.where((rejected == 0) & decidable & (is_greedy == 0), gain, 0.0)
         if lead:
             tl.store(uncertainty_ptr + row, h)
+            tl.store(tv_cost_ptr + row, tv_cost.to(tl.float32))
 
         if not rejected:
-            if HAS_DRAFT_PROBS:
-                q_x = tl.load(draft_probs_ptr + row * draft_probs_stride + x).to(tl.float32)
-            else:
-                q_x = 1.0
             u = tl.load(uniform_probs_ptr + row)
-            ratio = tl.where(q_x > 0, p_x.to(tl.float64) / q_x, 0.0)
-            accept_random = (p_x > 0) & (q_x > 0) & (ratio >= u - alpha * h.to(tl.float64))
+            accept_random = decidable & (ratio >= u - tolerance_term)
             accept = tl.where(is_greedy, x == target_argmax, accept_random)
             if accept:
                 if lead:
@@ -215,7 +230,8 @@ def _ears_verify_kernel(
 
     if lead:
         if not rejected:
-            tl.store(out_ptr + num_draft, tl.load(bonus_token_ids_ptr + req).to(tl.int32))
+            if not PACKED:
+                tl.store(out_ptr + num_draft, tl.load(bonus_token_ids_ptr + req).to(tl.int32))
         elif is_greedy:
             tl.store(out_ptr + num_accepted, rej_argmax.to(tl.int32))
         for pad in range(tl.where(rejected, num_accepted, num_draft) + 1, max_spec_len + 1):
@@ -223,32 +239,44 @@ def _ears_verify_kernel(
         tl.store(num_accepted_ptr + req, num_accepted)
         tl.store(num_tolerance_ptr + req, num_tolerance)
 
-    if rejected & (is_greedy == 0):
-        # The only second pass over a row: this program's split of the residual's exponential race.
-        row = (start + num_accepted).to(tl.int64)
+    # The request's one sampled token, from one row split over the programs: the residual at a random request's
+    # first rejection, or (PACKED) the bonus row once every draft was accepted.
+    sample_residual = rejected & (is_greedy == 0)
+    sample_bonus = (rejected == 0) & PACKED
+    if sample_residual | sample_bonus:
+        row = (start + num_accepted).to(tl.int64)  # draft index of the rejection (residual only)
         valid = rej_sum > 0
-        x = tl.load(draft_token_ids_ptr + row)
-        row_ptr = logits_ptr + row * logits_stride
+        x = tl.load(draft_token_ids_ptr + row, mask=sample_residual, other=-1)
+        row_ptr = logits_ptr + (row0 + num_accepted) * logits_stride
         lo = split * rec_split_size
         hi = tl.minimum(lo + rec_split_size, vocab_size)
-        best = -1.0
+        # Residual race scores are >= 0; bonus scores are log-space (l / T - log noise), possibly -inf.
+        best = float("-inf")
         best_idx = lo
-        best_p = -1.0
+        best_p = float("-inf")
         best_p_idx = lo
         for off in range(lo, hi, BLOCK_SIZE):
             offs = off + tl.arange(0, BLOCK_SIZE)
             mask = offs < hi
             s = _scaled_logits(row_ptr, offs, mask, temp)
-            p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
-            p = tl.where(mask, p, 0.0)
-            if HAS_DRAFT_PROBS:
-                q = tl.load(draft_probs_ptr + row * draft_probs_stride + offs, mask=mask, other=0.0)
-                residual = tl.maximum(p - q.to(tl.float32), 0.0)
-            else:
-                residual = tl.where(offs == x, 0.0, p)
             noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
-            best, best_idx = _running_argmax(residual / noise, off, best, best_idx)
-            best_p, best_p_idx = _running_argmax(p / noise, off, best_p, best_p_idx)
+            if sample_residual:
+                p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
+                p = tl.where(mask, p, 0.0)
+                if HAS_DRAFT_PROBS:
+                    q = tl.load(draft_probs_ptr + row * draft_probs_stride + offs, mask=mask, other=0.0)
+                    residual = tl.maximum(p - q.to(tl.float32), 0.0)
+                else:
+                    residual = tl.where(offs == x, 0.0, p)
+                best, best_idx = _running_argmax(residual / noise, off, best, best_idx)
+                best_p, best_p_idx = _running_argmax(p / noise, off, best_p, best_p_idx)
+            elif is_greedy:
+                best, best_idx = _running_argmax(s, off, best, best_idx)
+            else:
+                best, best_idx = _running_argmax(s - tl.log(noise), off, best, best_idx)
+                # A bonus row with no finite logit is uniform: the race over the noise alone.
+                best_p, best_p_idx = _running_argmax(tl.where(mask, -tl.log(noise), float("-inf")), off,
+                                                     best_p, best_p_idx)
         part = req * REC_SPLITS + split
         tl.store(part_best_ptr + part, best)
         tl.store(part_idx_ptr + part, best_idx)
@@ -261,8 +289,9 @@ def _ears_verify_kernel(
                                         tl.load(part_idx_ptr + parts, cache_modifier=".cg"), vocab_size)
             _, idx_p = _earliest_argmax(tl.load(part_best_p_ptr + parts, cache_modifier=".cg"),
                                         tl.load(part_idx_p_ptr + parts, cache_modifier=".cg"), vocab_size)
-            # A numerically empty residual falls back to the target itself.
-            tl.store(out_ptr + num_accepted, tl.where(top > 0, idx, idx_p).to(tl.int32))
+            # A numerically empty residual falls back to the target itself, a bonus row of -inf to uniform.
+            primary = tl.where(sample_residual, top > 0, (top > float("-inf")) | is_greedy)
+            tl.store(out_ptr + num_accepted, tl.where(primary, idx, idx_p).to(tl.int32))
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,10 +302,10 @@ def _num_sms(device) -> int:
 
 
 def ears_rejection_sample_triton(
-    draft_token_ids: torch.Tensor,  # [num_tokens]
+    draft_token_ids: torch.Tensor,  # [num_tokens], -1 = no draft
     cu_num_draft_tokens: torch.Tensor,  # [batch]
-    target_logits: torch.Tensor,  # [num_tokens, vocab_size]
-    bonus_token_ids: torch.Tensor,  # [batch] or [batch, 1]
+    target_logits: torch.Tensor,  # [num_tokens, vocab_size], or [num_tokens + batch, vocab_size] if no bonus ids
+    bonus_token_ids,  # [batch] or [batch, 1], or None: sampled from each request's last row
     temperature: torch.Tensor,  # [batch]
     alpha,  # float or [batch]
     max_spec_len: int,
@@ -286,14 +315,15 @@ def ears_rejection_sample_triton(
     block_size: int = None,
     num_splits: int = None,
 ):
-    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the four EarsOutput tensors.
+    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the five EarsOutput tensors.
 
     ``num_splits`` (a power of two) splits every row's vocabulary over that many programs in both passes; by
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
     """
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
-    num_tokens, vocab_size = target_logits.shape
+    num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
+    packed = bonus_token_ids is None
     interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if block_size is None:
         # The interpreter runs one numpy op per block: fewer, larger blocks are much faster there.
@@ -321,35 +351,36 @@ def ears_rejection_sample_triton(
     probs_arg = draft_probs if draft_probs is not None else target_logits
     probs_stride = draft_probs.stride(0) if draft_probs is not None else 0
     cu = cu_num_draft_tokens.to(torch.int32)
-    bonus = bonus_token_ids.reshape(-1)
+    bonus = cu if packed else bonus_token_ids.reshape(-1)
     scalar_alpha = not (isinstance(alpha, torch.Tensor) and alpha.dim() > 0)
 
     # Outputs and scratch come from three allocations: on small batches host overhead dominates.
     output = torch.empty((batch, max_spec_len + 1), dtype=torch.int32, device=device)
     rows, ns, nr = max(num_tokens, 1), stat_splits, rec_splits
-    ws_f = torch.empty(rows + 3 * rows * ns + 2 * batch * nr, dtype=torch.float32, device=device)
+    ws_f = torch.empty(2 * rows + 3 * rows * ns + 2 * batch * nr, dtype=torch.float32, device=device)
     ws_i = torch.empty(rows * ns + 2 * batch * nr + 3 * batch, dtype=torch.int32, device=device)
-    f_sizes = [rows, rows * ns, rows * ns, rows * ns, batch * nr, batch * nr]
+    f_sizes = [rows, rows, rows * ns, rows * ns, rows * ns, batch * nr, batch * nr]
     i_sizes = [batch, batch, batch, rows * ns, batch * nr, batch * nr]
-    uncertainty, split_max, split_sum, split_best, part_best, part_best_p = ws_f.split(f_sizes)
+    uncertainty, tv_cost, split_max, split_sum, split_best, part_best, part_best_p = ws_f.split(f_sizes)
     num_accepted, num_tolerance, counter, split_argmax, part_idx, part_idx_p = ws_i.split(i_sizes)
-    uncertainty = uncertainty[:num_tokens]
+    uncertainty, tv_cost = uncertainty[:num_tokens], tv_cost[:num_tokens]
 
     if num_tokens > 0 and max_spec_len > 0:
         _ears_row_stats_kernel[(batch, max_spec_len, stat_splits)](
             target_logits, target_logits.stride(0), cu, temperature,
             split_max, split_sum, split_best, split_argmax, counter, vocab_size, split_size(stat_splits),
-            NUM_SPLITS=stat_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
+            PACKED=packed, NUM_SPLITS=stat_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
         )
-    else:
-        rec_splits = 1  # nothing to verify: one program per request writes the bonus token
+    else:  # nothing to verify: one program per request writes (or samples) the bonus token
+        rec_splits = 1
+        counter.zero_()
     _ears_verify_kernel[(batch, rec_splits)](
-        output, output.stride(0), uncertainty, num_accepted, num_tolerance, cu, draft_token_ids, bonus,
+        output, output.stride(0), uncertainty, tv_cost, num_accepted, num_tolerance, cu, draft_token_ids, bonus,
         temperature, temperature if scalar_alpha else alpha, float(alpha) if scalar_alpha else 0.0, uniform_probs,
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
         probs_arg, probs_stride, recovery_noise, recovery_noise.stride(0),
         part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
-        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, STAT_SPLITS=stat_splits,
+        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, PACKED=packed, STAT_SPLITS=stat_splits,
         REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
     )
-    return output, uncertainty, num_accepted, num_tolerance
+    return output, uncertainty, num_accepted, num_tolerance, tv_cost

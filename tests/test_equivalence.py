@@ -19,9 +19,14 @@ OPTIONS = [
     dict(draft_probs=False, per_request_alpha=True),
     dict(draft_probs=True, per_request_alpha=True, greedy_frac=0.0),
     dict(draft_probs=False, alpha=1.0, greedy_frac=1.0),
+    # vLLM's sampler layout (bonus rows in the logits, bonus sampled in the step) and -1 placeholder drafts.
+    dict(draft_probs=False, alpha=0.3, packed=True),
+    dict(draft_probs=True, per_request_alpha=True, packed=True, placeholder_frac=0.5),
+    dict(draft_probs=False, alpha=0.5, placeholder_frac=0.5),
+    dict(draft_probs=False, alpha=0.5, greedy_frac=0.5, packed=True, placeholder_frac=0.5),
 ]
 # Recovered tokens by inverse CDF (one uniform per request): the CPU path and the reference only.
-INVERSE_CDF_OPTIONS = [dict(o, inverse_cdf=True) for o in OPTIONS[:6]]
+INVERSE_CDF_OPTIONS = [dict(o, inverse_cdf=True) for o in OPTIONS[:6] + OPTIONS[7:]]
 
 
 def _check(backend, seed, shape, opts, dtype=torch.float32):
@@ -35,6 +40,7 @@ def _check(backend, seed, shape, opts, dtype=torch.float32):
     assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
     assert torch.equal(got.num_tolerance_accepted.cpu(), ref.num_tolerance_accepted)
     torch.testing.assert_close(got.uncertainty.cpu(), ref.uncertainty, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got.tv_cost.cpu(), ref.tv_cost, atol=2e-6, rtol=1e-5)
     return ref
 
 
@@ -76,26 +82,30 @@ def test_triton_matches_torch_path_large_cuda(shape, dtype, opts):
     assert torch.equal(got.num_accepted, ref.num_accepted)
     assert torch.equal(got.num_tolerance_accepted, ref.num_tolerance_accepted)
     torch.testing.assert_close(got.uncertainty, ref.uncertainty, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got.tv_cost, ref.tv_cost, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
 @pytest.mark.parametrize("draft_probs", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_alpha_zero_is_standard_speculative_sampling(backend, draft_probs, seed):
-    args = make_case(seed, batch=8, max_spec_len=5, vocab=61, draft_probs=draft_probs, alpha=0.0,
-                     logit_scale=1.0, device=backend_device(backend))
+def test_alpha_zero_is_standard_speculative_sampling(backend, draft_probs, packed, seed):
+    args = make_case(seed, batch=8, max_spec_len=5, vocab=61, draft_probs=draft_probs, alpha=0.0, logit_scale=1.0,
+                     packed=packed, placeholder_frac=0.3, device=backend_device(backend))
     got = ears_rejection_sample(*args, backend=backend)
     draft, cu, logits, bonus, temp, _, k, probs, u, noise = [a.cpu() if isinstance(a, torch.Tensor) else a
                                                                for a in args]
     want = standard_speculative_sample(draft, cu, logits, bonus, temp, k, probs, u, noise)
     assert torch.equal(got.output_token_ids.cpu(), want)
     assert int(got.num_tolerance_accepted.sum()) == 0
+    assert float(got.tv_cost.abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_output_invariants(backend):
-    args = make_case(7, batch=16, max_spec_len=6, vocab=97, draft_probs=True, alpha=0.5,
-                     device=backend_device(backend))
+@pytest.mark.parametrize("packed", [False, True])
+def test_output_invariants(backend, packed):
+    args = make_case(7, batch=16, max_spec_len=6, vocab=97, draft_probs=True, alpha=0.5, packed=packed,
+                     placeholder_frac=0.3, device=backend_device(backend))
     out = ears_rejection_sample(*args, backend=backend)
     tokens = out.output_token_ids.cpu()
     cu = args[1].cpu().long()
@@ -109,6 +119,18 @@ def test_output_invariants(backend):
         assert torch.equal(valid, valid.cummin(0).values)
     assert bool((tokens < 97).all())
     assert bool((out.num_tolerance_accepted <= out.num_accepted).all())
+    # A -1 placeholder is never accepted: every emitted token is a real one, and no chain passes a placeholder.
+    draft = args[0].cpu()
+    for b in range(cu.numel()):
+        start = 0 if b == 0 else int(cu[b - 1])
+        first_placeholder = next((j for j in range(int(num_draft[b])) if int(draft[start + j]) == -1), None)
+        if first_placeholder is not None:
+            assert int(out.num_accepted[b]) <= first_placeholder
+    # The expected TV cost lies in [0, 1] and is 0 where nothing was decided (after the first rejection).
+    pos = torch.arange(draft.numel()) - torch.repeat_interleave(cu - num_draft, num_draft)
+    decided = pos <= torch.repeat_interleave(out.num_accepted.cpu().long(), num_draft)
+    assert bool((out.tv_cost.cpu() >= 0).all()) and bool((out.tv_cost.cpu() <= 1).all())
+    assert bool((out.tv_cost.cpu()[~decided] == 0).all())
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -122,7 +144,7 @@ def test_deterministic_given_generator(backend):
 
 
 @pytest.mark.parametrize("block_size,num_splits", [(16, 4), (32, 8), (64, 2), (16, 16)])
-@pytest.mark.parametrize("opts", [OPTIONS[1], OPTIONS[4], OPTIONS[5]])
+@pytest.mark.parametrize("opts", [OPTIONS[1], OPTIONS[4], OPTIONS[5], OPTIONS[8], OPTIONS[10]])
 def test_triton_vocab_splits_match_reference(block_size, num_splits, opts):
     """Rows split over several programs (the GPU default for small batches) combine to the same decisions."""
     from ears_vllm.kernels.ears_verify import ears_rejection_sample_triton
@@ -132,7 +154,7 @@ def test_triton_vocab_splits_match_reference(block_size, num_splits, opts):
     ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
                                 backend="reference")
     for name, g, r in zip(ref._fields, got, ref):
-        if name == "uncertainty":
+        if name in ("uncertainty", "tv_cost"):
             torch.testing.assert_close(g.cpu(), r, atol=2e-6, rtol=1e-5)
         else:
             assert torch.equal(g.cpu(), r), name

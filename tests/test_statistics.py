@@ -159,3 +159,74 @@ def test_acceptance_monotone_in_alpha(backend):
         prev = num_acc
         totals.append(int(num_acc.sum()))
     assert all(b > a for a, b in zip(totals, totals[1:])), totals
+
+
+@pytest.mark.parametrize("backend", STAT_BACKENDS)
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_tv_cost_is_the_distance_between_emitted_and_target(backend, alpha):
+    """The reported cost c(x) = min(1, p/q + alpha*h) - min(1, p/q) has expectation E_{x~q}[c(x)] = TV(e, p).
+
+    Closed form, for a draft x ~ q: a(v) = min(1, p(v)/q(v) + alpha*h) (0 if p(v) = 0), the emitted distribution
+    is e(v) = q(v) a(v) + (1 - sum_w q(w) a(w)) r(v) with r = normalize(max(p - q, 0)). Where q > p, e - p = the
+    extra acceptance q (a - min(1, p/q)); where p > q the residual loses the same total. So TV(e, p) = D =
+    sum_v q(v) (a(v) - min(1, p(v)/q(v))): checked exactly, then against the sampler: its per-row cost equals
+    c(x) of the drawn x, their mean lies within 5 sigma of D, and the emitted frequencies lie within 3x the
+    expected sampling TV of e (and their distance to p within that of D).
+    """
+    p, n = FLAT.double() / FLAT.double().sum(), 200000
+    q = torch.tensor([0.05, 0.05, 0.3, 0.3, 0.2, 0.1], dtype=torch.float64)  # mass on the banned token 5
+    h = 1 - float(p.max())
+    ratio = torch.where(p > 0, p / q, torch.zeros_like(p))
+    base = ratio.clamp(max=1)
+    a = torch.where(p > 0, (ratio + alpha * h).clamp(max=1), torch.zeros_like(p))
+    cost = a - base  # c(v) for a draft v
+    d = float((q * cost).sum())
+    residual = (p - q).clamp(min=0)
+    e = q * a + (1 - float((q * a).sum())) * residual / residual.sum()
+    assert abs(0.5 * float((e - p).abs().sum()) - d) < 1e-12
+
+    g = torch.Generator().manual_seed(17)
+    drafts = torch.multinomial(q, n, replacement=True, generator=g)
+    args = [drafts, torch.arange(1, n + 1, dtype=torch.int32), p.float().log().repeat(n, 1),
+            torch.zeros(n, dtype=torch.long), torch.ones(n), alpha, 1, q.float().repeat(n, 1),
+            torch.rand(n, dtype=torch.float64, generator=g), torch.empty(n, 6).exponential_(generator=g)]
+    dev = backend_device(backend)
+    out = ears_rejection_sample(*[t.to(dev) if isinstance(t, torch.Tensor) else t for t in args], backend=backend)
+    got_cost = out.tv_cost.cpu().double()
+    torch.testing.assert_close(got_cost, cost[drafts], atol=1e-6, rtol=1e-5)
+    sigma = math.sqrt(float((q * (cost - d) ** 2).sum()) / n)
+    assert abs(float(got_cost.mean()) - d) <= 5 * sigma + 1e-9, (float(got_cost.mean()), d, sigma)
+    counts = torch.bincount(out.output_token_ids[:, 0].cpu().long(), minlength=6)
+    assert _tv(counts, e) <= 3 * _expected_tv(e, n)
+    assert abs(_tv(counts, p) - d) <= 3 * _expected_tv(e, n)
+
+
+@pytest.mark.parametrize("backend,inverse_cdf", [(b, False) for b in STAT_BACKENDS] + [("torch", True)])
+def test_bonus_sampled_in_the_step_follows_the_target(backend, inverse_cdf):
+    """Without bonus ids the bonus token comes from the request's bonus row: distributed as that row's softmax.
+
+    Half the requests have no draft (the bonus is their only token), half one draft that is always accepted
+    (FLAT, x = 0, alpha = 1: p(x) + alpha*h = 1); their bonus rows are SHARP at temperature 0.8.
+    """
+    n, t = 200000, 0.8
+    g = torch.Generator().manual_seed(23)
+    num_draft = torch.arange(n) % 2
+    cu = num_draft.cumsum(0).to(torch.int32)
+    m = int(cu[-1])
+    rows = []
+    for k in num_draft.tolist():
+        rows += [FLAT] * k + [SHARP]
+    logits = (torch.stack(rows).log() * t)  # softmax(logits / t) = the row
+    noise = torch.rand(n, dtype=torch.float64, generator=g) if inverse_cdf else \
+        torch.empty(n, 6).exponential_(generator=g)
+    args = [torch.zeros(m, dtype=torch.long), cu, logits, None, torch.full((n,), t), 1.0, 1, None,
+            torch.rand(m, dtype=torch.float64, generator=g), noise]
+    dev = backend_device(backend)
+    out = ears_rejection_sample(*[a.to(dev) if isinstance(a, torch.Tensor) else a for a in args], backend=backend)
+    tokens = out.output_token_ids.cpu()
+    assert int(out.num_accepted.sum()) == m
+    bonus = tokens[torch.arange(n), num_draft].long()
+    for half in (0, 1):
+        counts = torch.bincount(bonus[num_draft == half], minlength=6)
+        assert _tv(counts, SHARP) <= 3 * _expected_tv(SHARP, n // 2)
+        assert int(counts[5]) == 0

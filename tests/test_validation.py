@@ -26,7 +26,7 @@ BAD = [
     ("target_logits", lambda a: a[2][0]), ("target_logits", lambda a: a[2].long()),
     ("target_logits", lambda a: a[2][:, :0]),
     ("draft_token_ids", lambda a: a[0].float()), ("draft_token_ids", lambda a: a[0] + 100),
-    ("draft_token_ids", lambda a: a[0][None]),
+    ("draft_token_ids", lambda a: a[0][None]), ("draft_token_ids", lambda a: a[0] - 100),
     ("cu_num_draft_tokens", lambda a: a[1] + 1), ("cu_num_draft_tokens", lambda a: a[1].flip(0)),
     ("bonus_token_ids", lambda a: a[3][:2]), ("temperature", lambda a: a[4][:1]),
     ("temperature", lambda a: torch.full_like(a[4], float("nan"))),
@@ -40,6 +40,17 @@ BAD = [
 def test_bad_input_names_the_argument(name, value):
     with pytest.raises(ValueError, match=f"`{name}`"):
         _call_with(name, value)
+
+
+def test_placeholder_drafts_are_valid_input():
+    """-1 means "no draft" (vLLM's padding of grammar-rejected drafts): accepted as input, never as a token."""
+    out = _call_with("draft_token_ids", lambda a: torch.full_like(a[0], -1))
+    assert int(out.num_accepted.sum()) == 0 and bool((out.output_token_ids[:, 0] >= 0).all())
+
+
+def test_bonus_rows_must_be_present_without_bonus_ids():
+    with pytest.raises(ValueError, match="`target_logits` must have num_tokens \\+ batch"):
+        _call_with("bonus_token_ids", None)
 
 
 def test_unknown_backend():
@@ -80,3 +91,20 @@ def test_nonfinite_logits_have_defined_behaviour(backend):
 def test_triton_needs_exponential_noise():
     with pytest.raises(ValueError, match="`recovery_noise`"):
         _call_with("recovery_noise", lambda a: torch.rand(4, dtype=torch.float64), backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_nonfinite_bonus_rows_have_defined_behaviour(backend):
+    """Bonus rows sampled in the step (vLLM's layout) follow the same non-finite rules as draft rows."""
+    v = 8
+    bonus_rows = torch.zeros(4, v)
+    bonus_rows[0, 3] = float("nan")  # never emitted; the race with noise 1 takes the first of the 7 others
+    bonus_rows[1, [2, 5]] = float("inf")  # the two +inf tokens share the mass: the first wins the race
+    bonus_rows[2] = float("-inf")  # nothing allowed: uniform
+    bonus_rows[3] = float("nan")  # greedy, nothing allowed: argmax of all -inf is token 0
+    bonus_rows[0, 0] = bonus_rows[1, 0] = -1.0
+    args = [torch.zeros(0, dtype=torch.long), torch.zeros(4, dtype=torch.int32), bonus_rows, None,
+            torch.tensor([1.0, 1.0, 1.0, 0.0]), 0.5, 0, None, torch.zeros(0, dtype=torch.float64), torch.ones(4, v)]
+    device = backend_device(backend)
+    out = ears_rejection_sample(*[a.to(device) if isinstance(a, torch.Tensor) else a for a in args], backend=backend)
+    assert out.output_token_ids.cpu()[:, 0].tolist() == [1, 2, 0, 0]

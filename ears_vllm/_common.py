@@ -29,8 +29,9 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     """Index drawn from each row of ``weights`` [n, V] (non-negative, not normalised) by inverse CDF.
 
     ``uniforms`` [n] in [0, 1). The first index whose cumulative weight exceeds ``u * total``, where cumulative
-    weights are float64 sums of blocks of ``CDF_BLOCK`` tokens and then of one block (no [n, V] float64 copy and no
-    full-row cumulative sum; the result differs from a flat cumulative sum only by float rounding). A zero-weight
+    weights are float64 running sums of the blocks' sums (``CDF_BLOCK`` tokens each, summed in the weights' dtype),
+    then of the chosen block's weights: no [n, V] float64 copy and no full-row cumulative sum. The result differs
+    from a flat float64 cumulative sum only by rounding (relative 1e-7 for float32 weights). A zero-weight
     token is never chosen; if rounding puts ``u * total`` at or past the total, the last positive weight is taken.
     Rows of total weight 0 return 0: callers handle them.
     """
@@ -39,7 +40,7 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     if num_blocks * CDF_BLOCK != vocab:
         weights = torch.nn.functional.pad(weights, (0, num_blocks * CDF_BLOCK - vocab))
     blocks = weights.view(n, num_blocks, CDF_BLOCK)
-    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum_(dim=-1)  # [n, num_blocks]
+    block_cdf = blocks.sum(dim=-1).to(torch.float64).cumsum_(dim=-1)  # [n, num_blocks]
     total = block_cdf[:, -1:]
     target = uniforms.to(torch.float64)[:, None] * total
     # The block holding the sample: the first whose cumulative weight exceeds the target, else the last positive one.

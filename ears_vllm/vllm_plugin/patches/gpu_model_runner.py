@@ -3,8 +3,9 @@
 Why: the runner builds ``self.rejection_sampler = RejectionSampler(...)`` in ``__init__``; vLLM has no hook to
 choose another rejection sampler.
 How: ``__init__``: call the original, then, when ``additional_config["ears"]`` selects EARS and speculative decoding
-is on, replace ``self.rejection_sampler`` with ``EarsRejectionSampler`` (a subclass, same call signature) and log
-"EARS rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real requests are
+is on, replace ``self.rejection_sampler`` with ``EarsRejectionSampler`` (a subclass, same call signature), add
+its per-slot alpha state (``RequestAlphas``) to the input batch's logits processors so that vLLM's batch updates
+reach it, and log "EARS rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real requests are
 sampled (warm-up / profiling runs are not counted), then attach its counters to the ``ModelRunnerOutput`` as the
 attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs). The MRV2 runner
 (``vllm.v1.worker.gpu.model_runner``) refuses to start with EARS instead of running the stock sampler silently.
@@ -47,10 +48,15 @@ def apply(runner_module) -> None:
         # vLLM builds a rejection sampler on the last pipeline-parallel rank only: replace it where it exists.
         if settings is None or getattr(self, "rejection_sampler", None) is None:
             return
+        from ..request_alpha import RequestAlphas
         from ..sampler import EarsRejectionSampler
 
+        # Per-request alpha rides vLLM's per-slot updates of its logits processors (the input batch keeps this
+        # LogitsProcessors object when it is rebuilt for the KV cache's block sizes).
+        alphas = RequestAlphas(settings.alpha, self.max_num_reqs, self.device)
+        self.input_batch.logitsprocs.argmax_invariant.append(alphas)
         self.rejection_sampler = EarsRejectionSampler(
-            self.sampler, self.speculative_config, self.device, settings, runner=self
+            self.sampler, self.speculative_config, self.device, settings, alphas
         )
         backend = "triton (fused kernel, CUDA)" if self.device.type == "cuda" else f"torch ({self.device.type})"
         log_once(

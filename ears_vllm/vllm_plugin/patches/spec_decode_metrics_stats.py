@@ -1,9 +1,9 @@
-"""Patch ``vllm.v1.spec_decode.metrics.SpecDecodingStats``: three EARS counters ride along with vLLM's own.
+"""Patch ``vllm.v1.spec_decode.metrics.SpecDecodingStats``: four EARS counters ride along with vLLM's own.
 
 Why: EARS counters are produced in the worker's sampler and must reach the front-end's stat loggers (periodic log
 line, Prometheus /metrics). vLLM already carries ``SpecDecodingStats`` from the scheduler to the front-end inside
 ``EngineCoreOutputs.scheduler_stats`` (msgspec-encoded); it has no free-form field.
-How: add three defaulted fields to the dataclass (``__dataclass_fields__``, ``__annotations__`` and a class-level
+How: add four defaulted fields to the dataclass (``__dataclass_fields__``, ``__annotations__`` and a class-level
 default), in every process (the plugin loads in the front-end and the engine core before the first message), so
 msgspec encodes them in the engine core and decodes them in the front-end. Instances made by vLLM's constructor
 read the class default (0) until the scheduler patch fills them.
@@ -20,6 +20,7 @@ EARS_FIELDS = {
     "ears_num_tolerance_accepted": (int, 0),
     "ears_num_verified": (int, 0),
     "ears_uncertainty_sum": (float, 0.0),
+    "ears_tv_cost_sum": (float, 0.0),
 }
 
 
@@ -35,7 +36,8 @@ def apply(metrics_module) -> None:
         setattr(cls, name, default)
 
 
-def add(stats, num_tolerance_accepted: int, num_verified: int, uncertainty_sum: float) -> None:
+def add(stats, num_tolerance_accepted: int, num_verified: int, uncertainty_sum: float, tv_cost_sum: float) -> None:
     stats.ears_num_tolerance_accepted = getattr(stats, "ears_num_tolerance_accepted", 0) + num_tolerance_accepted
     stats.ears_num_verified = getattr(stats, "ears_num_verified", 0) + num_verified
     stats.ears_uncertainty_sum = getattr(stats, "ears_uncertainty_sum", 0.0) + uncertainty_sum
+    stats.ears_tv_cost_sum = getattr(stats, "ears_tv_cost_sum", 0.0) + tv_cost_sum

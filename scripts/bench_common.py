@@ -189,7 +189,8 @@ PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
 EARS_TOLERANCE = "vllm:ears_num_tolerance_accepted_tokens"
 EARS_VERIFIED = "vllm:ears_num_verified_draft_tokens"
 EARS_H_SUM = "vllm:ears_uncertainty_sum"
-SPEC_COUNTERS = SPEC_COUNTERS + (EARS_TOLERANCE, EARS_VERIFIED, EARS_H_SUM)
+EARS_TV_SUM = "vllm:ears_tv_cost_sum"
+SPEC_COUNTERS = SPEC_COUNTERS + (EARS_TOLERANCE, EARS_VERIFIED, EARS_H_SUM, EARS_TV_SUM)
 
 
 def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: float = None,
@@ -310,6 +311,8 @@ def spec_summary(spec: dict, k: int) -> dict:
                 # share of the accepted draft tokens that only the EARS tolerance accepted (the per-token cost)
                 tolerance_share=tol / accepted if accepted and EARS_VERIFIED in spec else float("nan"),
                 mean_uncertainty=spec.get(EARS_H_SUM, 0.0) / verified if verified else float("nan"),
+                # exact expected TV distance from the target per decided draft position (the tolerance's cost)
+                mean_tv_cost=spec.get(EARS_TV_SUM, 0.0) / verified if verified else float("nan"),
                 mean_accept_len=(1 + accepted / drafts) if drafts else float("nan"),
                 accept_rate=accepted / draft_tokens if draft_tokens else float("nan"),
                 per_pos=[p / drafts if drafts else float("nan") for p in per_pos])

@@ -38,7 +38,8 @@ COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompt
             "tokens_per_s_max", "passes", "speedup_vs_standard",
             "speedup_vs_nospec", "mean_accept_len", "accept_rate", "num_drafts"]
            + [f"accept_pos{i}" for i in range(1, MAX_K + 1)]
-           + ["tolerance_accepted", "tolerance_share", "mean_uncertainty", "speedup_vs_ears_alpha0",
+           + ["tolerance_accepted", "tolerance_share", "mean_uncertainty", "mean_tv_cost",
+              "speedup_vs_ears_alpha0",
               "accuracy", "delta_pts_vs_standard", "delta_lo", "delta_hi", "startup_s"])
 
 
@@ -145,6 +146,7 @@ def main(argv=None):
                    mean_accept_len=ss["mean_accept_len"], accept_rate=ss["accept_rate"], num_drafts=ss["num_drafts"],
                    tolerance_accepted=ss["tolerance_accepted"] if r["sampler"] == "ears" else float("nan"),
                    tolerance_share=ss["tolerance_share"], mean_uncertainty=ss["mean_uncertainty"],
+                   mean_tv_cost=ss["mean_tv_cost"],
                    accuracy=sum(ok) / len(ok), delta_pts_vs_standard=100 * d, delta_lo=100 * dlo,
                    delta_hi=100 * dhi, startup_s=r["startup_s"])
         for j in range(MAX_K):

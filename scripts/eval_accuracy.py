@@ -38,7 +38,8 @@ from ears_vllm import task  # noqa: E402
 COLUMNS = ["timestamp", "device", "threads", "load1", "target", "draft", "method", "k", "data", "n_items",
            "temperature", "sampler", "alpha", "accuracy", "acc_lo", "acc_hi", "delta_pts", "delta_lo", "delta_hi",
            "output_tokens", "wall_s", "tokens_per_s", "throughput_change_pct", "mean_accept_len", "accept_rate",
-           "tolerance_share", "mean_uncertainty", "delta_a0_pts", "delta_a0_lo", "delta_a0_hi", "seed", "mode"]
+           "tolerance_share", "mean_uncertainty", "mean_tv_cost", "delta_a0_pts", "delta_a0_lo", "delta_a0_hi",
+           "seed", "mode"]
 
 
 def load_items(path: str, n: int, repeats: int):
@@ -131,7 +132,8 @@ def table(arms, golds, args, device):
                          accept_rate=ss["accept_rate"],
                          tolerance_share=ss["tolerance_share"] if sampler == "ears" else float("nan"),
                          delta_a0_pts=100 * a, delta_a0_lo=100 * alo, delta_a0_hi=100 * ahi,
-                         mean_uncertainty=ss["mean_uncertainty"], seed=args.seed,
+                         mean_uncertainty=ss["mean_uncertainty"], mean_tv_cost=ss["mean_tv_cost"],
+                         seed=args.seed,
                          mode="server" if args.server else "offline"))
     return rows
 

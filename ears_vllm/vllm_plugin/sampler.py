@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from vllm.logger import init_logger
 from vllm.v1.outputs import SamplerOutput
 from vllm.v1.sample import rejection_sampler as vllm_rs
 from vllm.v1.sample.logits_processor.builtin import MinTokensLogitsProcessor
@@ -42,6 +43,8 @@ from ears_vllm._common import GREEDY_TEMPERATURE_EPS
 from .config import EarsSettings
 from .request_alpha import RequestAlphas
 from .top_k_top_p import apply_top_k_top_p_cpu
+
+logger = init_logger("vllm.ears_vllm")
 
 
 def per_row(values: torch.Tensor, repeats: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -68,7 +71,9 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         batch_size = len(metadata.num_draft_tokens)
         if (self.needs_processed_copy(sampling_metadata)
                 or logits.shape[0] != metadata.draft_token_ids.shape[0] + batch_size):
+            logger.info_once("EARS step: processed path (vLLM processes copies of the logits for this batch)")
             return self._forward_processed(metadata, draft_probs, logits, sampling_metadata)
+        logger.info_once("EARS step: fused path (raw logits, temperature and bonus sampling fused)")
         return self._forward_fused(metadata, draft_probs, logits, sampling_metadata)
 
     def needs_processed_copy(self, sampling_metadata) -> bool:

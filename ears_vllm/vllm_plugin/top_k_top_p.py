@@ -40,28 +40,38 @@ def apply_top_k_top_p_cpu(logits: torch.Tensor, k: torch.Tensor | None, p: torch
     pp = torch.ones(rows, dtype=torch.float32, device=logits.device) if p is None else p.to(torch.float32)
     k_rows = (kk < vocab).nonzero().squeeze(1)
     if k_rows.numel():
-        x = logits[k_rows]
+        x = logits if k_rows.numel() == rows else logits[k_rows]  # no copy when every row has a top-k
         kept = kk[k_rows]
-        head = x.topk(int(kept.max()), dim=1).values  # [r, max k], descending
-        # Beyond each row's own k the head holds logits that top-k drops.
-        head.masked_fill_(torch.arange(head.shape[1], device=head.device) >= kept[:, None], float("-inf"))
+        # One logit past each row's k: it shows whether the k-th logit is tied with logits that top-k also keeps.
+        head = x.topk(min(int(kept.max()) + 1, vocab), dim=1).values  # descending
         k_threshold = head.gather(1, (kept - 1)[:, None]).squeeze(1)
+        beyond = torch.arange(head.shape[1], device=head.device) >= kept[:, None]
+        tied_beyond = (head.masked_fill(~beyond, float("nan")) == k_threshold[:, None]).any(dim=1)
+        head.masked_fill_(beyond, float("-inf"))  # past each row's own k: logits top-k drops (or ties, counted below)
         threshold[k_rows] = k_threshold
         both = (pp[k_rows] < 1).nonzero().squeeze(1)
         if both.numel():  # top-p over the top-k-kept distribution: its nucleus lies in the head
             h, t = head[both], k_threshold[both]
-            # Logits tied with the k-th one are kept too (vLLM keeps every logit >= it): add them to the mass.
-            extra = (x[both] == t[:, None]).sum(dim=1) - (h == t[:, None]).sum(dim=1)
             tb = None if temperature is None else temperature[k_rows[both]][:, None]
             hs, ts = (h, t) if tb is None else (h / tb, t / tb[:, 0])
-            lse = torch.logaddexp(torch.logsumexp(hs, dim=1), ts + torch.log(extra.to(t.dtype)))
+            lse = torch.logsumexp(hs, dim=1)
+            tied = tied_beyond[both].nonzero().squeeze(1)
+            if tied.numel():  # vLLM keeps every logit >= the k-th one: add the tied ones past k to the mass
+                r = k_rows[both[tied]]
+                extra = (logits[r] == t[tied, None]).sum(dim=1) - (h[tied] == t[tied, None]).sum(dim=1)
+                lse[tied] = torch.logaddexp(lse[tied], ts[tied] + torch.log(extra.to(t.dtype)))
             # (max: with ties past the k-th logit the head may hold less mass than p; then top-k alone decides)
             threshold[k_rows[both]] = torch.maximum(t, _nucleus_threshold(h, hs, lse, pp[k_rows][both]))
     p_rows = ((pp < 1) & (kk >= vocab)).nonzero().squeeze(1)
     if p_rows.numel():
         threshold[p_rows] = _top_p_threshold(logits[p_rows], pp[p_rows],
                                              None if temperature is None else temperature[p_rows])
-    return logits.masked_fill_(logits < threshold[:, None], float("-inf"))
+    # A few rows at a time: the comparison's mask stays in the CPU cache.
+    step = max(1, (1 << 18) // vocab)
+    for a in range(0, rows, step):
+        chunk = logits[a:a + step]
+        chunk.masked_fill_(chunk < threshold[a:a + step, None], float("-inf"))
+    return logits
 
 
 def _nucleus_threshold(head: torch.Tensor, scaled_head: torch.Tensor, lse: torch.Tensor, p: torch.Tensor):

@@ -79,6 +79,18 @@ def test_startup_log_line(servers):
     assert "EARS rejection sampler active" not in servers["standard"].log_text()
 
 
+def test_plain_requests_take_the_fused_path(servers):
+    """With no penalties, bad words, allowed ids, min-tokens or processed logprobs the step needs no processed copy;
+    a repetition penalty sends it through vLLM's processing."""
+    s = servers["ears"]
+    complete(s, ["Once upon a time"], temperature=1.0, max_tokens=8)
+    assert "EARS step: fused path" in s.log_text()
+    out = client(s).completions.create(model=TARGET, prompt="Once upon a time", max_tokens=8, temperature=1.0,
+                                       extra_body={"repetition_penalty": 1.3})
+    assert out.choices[0].text
+    assert "EARS step: processed path" in s.log_text()
+
+
 # ---- the OpenAI API --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ears", "ngram"])
 def test_completions_chat_streaming(servers, name):

@@ -34,7 +34,8 @@ def apply_top_k_top_p_cpu(logits: torch.Tensor, k: torch.Tensor | None, p: torch
     if k is None and p is None:
         return logits
     rows, vocab = logits.shape
-    threshold = torch.full((rows,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    # float32 thresholds and head: exact copies of the (maybe bf16) logits, and float32 probabilities for top-p.
+    threshold = torch.full((rows,), float("-inf"), dtype=torch.float32, device=logits.device)
     kk = torch.full((rows,), vocab, dtype=torch.int64, device=logits.device) if k is None else \
         k.to(torch.int64).clamp(1, vocab)
     pp = torch.ones(rows, dtype=torch.float32, device=logits.device) if p is None else p.to(torch.float32)
@@ -43,7 +44,7 @@ def apply_top_k_top_p_cpu(logits: torch.Tensor, k: torch.Tensor | None, p: torch
         x = logits if k_rows.numel() == rows else logits[k_rows]  # no copy when every row has a top-k
         kept = kk[k_rows]
         # One logit past each row's k: it shows whether the k-th logit is tied with logits that top-k also keeps.
-        head = x.topk(min(int(kept.max()) + 1, vocab), dim=1).values  # descending
+        head = x.topk(min(int(kept.max()) + 1, vocab), dim=1).values.to(torch.float32)  # descending
         k_threshold = head.gather(1, (kept - 1)[:, None]).squeeze(1)
         beyond = torch.arange(head.shape[1], device=head.device) >= kept[:, None]
         tied_beyond = (head.masked_fill(~beyond, float("nan")) == k_threshold[:, None]).any(dim=1)
@@ -88,14 +89,14 @@ def _top_p_threshold(x: torch.Tensor, p: torch.Tensor, temperature: torch.Tensor
     in the ``c`` largest logits, ``c`` growing for the rows whose nucleus the head does not close; rows that would
     need more than a quarter of the vocabulary (where topk costs about what a sort does) are sorted."""
     vocab = x.shape[1]
-    t = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if temperature is None else temperature.to(x.dtype)
-    lse = torch.logsumexp(x / t[:, None], dim=1)
+    t = torch.ones(x.shape[0], device=x.device) if temperature is None else temperature.to(torch.float32)
+    lse = torch.logsumexp(x.to(torch.float32) / t[:, None], dim=1)
     out = torch.empty_like(lse)
     todo = torch.arange(x.shape[0], device=x.device)
     c = FIRST_CANDIDATES
     while todo.numel():
-        head = x[todo].sort(dim=1, descending=True).values if c > vocab // 4 else \
-            x[todo].topk(c, dim=1).values
+        head = (x[todo].sort(dim=1, descending=True).values if c > vocab // 4 else
+                x[todo].topk(c, dim=1).values).to(torch.float32)
         scaled = head / t[todo, None]
         # Closed when the head holds the whole nucleus: its mass reaches p, or it runs to -inf / the row's end.
         closed = (torch.exp(scaled - lse[todo, None]).sum(dim=1) >= p[todo]) | (head[:, -1] == float("-inf")) | \

@@ -17,9 +17,9 @@ Method: every measurement is one fresh process (``--worker``) that builds the in
 calls and times ``--calls`` calls on one thread (a vLLM CPU worker here runs one OpenMP thread), reporting the
 median, p20, p80 and the minor page faults per call. Providers alternate in each of ``--rounds`` rounds (order
 reversed every other round), so slow phases of the shared machine hit both; the result is the median over rounds of
-the per-process medians, with the range of the per-round ratio. ``--allocator``: ``default`` is glibc as a vLLM
-worker gets it (freed large blocks go back to the system and are faulted back in on the next call); ``keep`` sets
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` to 32 MiB so freed memory is reused.
+the per-process medians, with the range of the per-round ratio. Memory is glibc's as a vLLM worker gets it: large
+freed blocks are faulted back in on the next call (``minflt_per_call``); setting glibc's ``MALLOC_MMAP_THRESHOLD_``
+/ ``MALLOC_TRIM_THRESHOLD_`` did not change that here, so no allocator variant is offered.
 
 GPU: not supported here. The plugin's sampler needs vLLM, which the lent GPU machines lack; timing it there needs
 vLLM's V1 sampler modules extracted from the 0.33 wheel (``extract_vllm_stock.py`` extracts the verification
@@ -27,7 +27,7 @@ kernels only). ``bench_kernel.py`` times the fused kernel on GPU.
 
 Usage::
 
-    python scripts/bench_step.py --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds, ~6 min
+    python scripts/bench_step.py --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds, ~7 min
     python scripts/bench_step.py --quick --out /tmp/step.csv                # small, for the tests
 """
 
@@ -47,9 +47,8 @@ PROVIDERS = ("ears", "stock")
 CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9)}
 TEMPERATURE = 0.7
 ALPHA = 0.3
-KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
 COLUMNS = ["timestamp", "device", "device_type", "threads", "load1", "python", "torch", "vllm", "provider", "case",
-           "allocator", "batch", "k", "vocab", "dtype", "draft_probs", "round", "calls", "ms_p50", "ms_p20",
+           "batch", "k", "vocab", "dtype", "draft_probs", "round", "calls", "ms_p50", "ms_p20",
            "ms_p80", "minflt_per_call", "ears_path"]
 
 
@@ -121,13 +120,11 @@ def worker(cfg: dict) -> dict:
                 vllm=vllm.__version__, load1=bc.load1(), **bc.env_columns("cpu"))
 
 
-def run_worker(cfg: dict, allocator: str) -> dict:
+def run_worker(cfg: dict) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    if allocator == "keep":
-        env.update(KEEP_MEMORY)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)], env=env,
                           capture_output=True, text=True, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -146,7 +143,6 @@ def main(argv=None):
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--draft-probs", action="store_true")
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--allocator", default="default", help="comma-separated: default, keep")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
@@ -160,32 +156,27 @@ def main(argv=None):
     if args.quick:
         args.batch, args.k, args.vocab, args.rounds, args.calls, args.warmup = 8, 2, 4096, 2, 8, 2
     cases = [c for c in args.cases.split(",") if c]
-    allocators = [a for a in args.allocator.split(",") if a]
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"bench_step: unknown case {c!r}; use {', '.join(CASES)}")
-    for a in allocators:
-        if a not in ("default", "keep"):
-            raise SystemExit(f"bench_step: unknown allocator {a!r}; use default, keep")
     csv_out = bc.LongCsv(args.out, COLUMNS)
-    jobs = [(a, c, r, p) for a in allocators for c in cases for r in range(args.rounds)
+    jobs = [(c, r, p) for c in cases for r in range(args.rounds)
             for p in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1])]
     results: dict = {}
-    for allocator, case, rnd, provider in bc.progress(jobs, desc="bench_step", disable=args.no_progress):
+    for case, rnd, provider in bc.progress(jobs, desc="bench_step", disable=args.no_progress):
         cfg = dict(provider=provider, case=case, batch=args.batch, k=args.k, vocab=args.vocab, dtype=args.dtype,
                    draft_probs=args.draft_probs, calls=args.calls, warmup=args.warmup)
-        res = run_worker(cfg, allocator)
-        row = dict(res, timestamp=bc.timestamp(), provider=provider, case=case, allocator=allocator,
-                   batch=args.batch, k=args.k, vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs,
-                   round=rnd, calls=args.calls)
+        res = run_worker(cfg)
+        row = dict(res, timestamp=bc.timestamp(), provider=provider, case=case, batch=args.batch, k=args.k,
+                   vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs, round=rnd, calls=args.calls)
         csv_out.write(row)
-        results.setdefault((allocator, case), {}).setdefault(provider, []).append(res["ms_p50"])
+        results.setdefault(case, {}).setdefault(provider, []).append(res["ms_p50"])
     print(f"\nB={args.batch} K={args.k} V={args.vocab} {args.dtype} draft_probs={args.draft_probs}, one thread, "
           f"{args.rounds} rounds x {args.calls} calls, medians of per-process medians [range over rounds]")
-    for (allocator, case), per in results.items():
+    for case, per in results.items():
         ears, stock = per["ears"], per["stock"]
         ratios = [e / s for e, s in zip(ears, stock)]
-        print(f"  {case:12s} allocator={allocator:7s}  EARS {statistics.median(ears):8.2f} ms "
+        print(f"  {case:12s}  EARS {statistics.median(ears):8.2f} ms "
               f"[{min(ears):.2f}-{max(ears):.2f}]  stock {statistics.median(stock):8.2f} ms "
               f"[{min(stock):.2f}-{max(stock):.2f}]  EARS/stock {statistics.median(ratios):.3f} "
               f"[{min(ratios):.3f}-{max(ratios):.3f}]")

@@ -5,9 +5,9 @@ choose another rejection sampler.
 How: ``__init__``: call the original, then, when ``additional_config["ears"]`` selects EARS and speculative decoding
 is on, replace ``self.rejection_sampler`` with ``EarsRejectionSampler`` (a subclass, same call signature), add
 its per-slot alpha state (``RequestAlphas``) to the input batch's logits processors so that vLLM's batch updates
-reach it, and log "EARS rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real requests are
-sampled (warm-up / profiling runs are not counted), then attach its counters to the ``ModelRunnerOutput`` as the
-attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs). The MRV2 runner
+reach it, and log "EARS rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real
+requests are sampled (warm-up / profiling runs are not counted), then attach its counters to the
+``ModelRunnerOutput`` as the attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs). The MRV2 runner
 (``vllm.v1.worker.gpu.model_runner``) refuses to start with EARS instead of running the stock sampler silently.
 Versions: vLLM 0.32.x (run on CPU), 0.33.x (same names, read; GPU path not run here).
 Remove when: vLLM lets a plugin provide the rejection sampler.

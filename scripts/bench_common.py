@@ -199,7 +199,7 @@ def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: flo
     if sampler == "none":
         return None
     spec = {"method": method, "num_speculative_tokens": k, "rejection_sampler": sampler}
-    if method == "draft_model":
+    if method in ("draft_model", "eagle", "eagle3"):
         spec["model"] = draft
         if draft_sample_method:
             spec["draft_sample_method"] = draft_sample_method
@@ -231,7 +231,20 @@ def _spec_delta(after: dict, before: dict) -> dict:
     return d
 
 
+def _tpot_s(out) -> float:
+    """Time per output token after the first (engine-core timestamps), or NaN when vLLM kept no stats."""
+    m = getattr(out, "metrics", None)
+    n = getattr(m, "num_generation_tokens", 0) if m is not None else 0
+    if m is None or n < 2 or not m.first_token_ts or not m.last_token_ts:
+        return float("nan")
+    return (m.last_token_ts - m.first_token_ts) / (n - 1)
+
+
 def engine_worker(job_path: str, out_path: str) -> None:
+    """Job keys: target, prompts, max_tokens, runs, speculative_config; optional max_model_len, dtype (float32),
+    engine_kwargs, chat (apply the chat template to each prompt), return_ids (prompt and output token ids per
+    request), score (instead of runs: [[prompt_ids, output_ids], ...] -> the target's log-likelihood of each
+    output, from prompt logprobs)."""
     import json
 
     os.environ.pop("TRITON_INTERPRET", None)
@@ -248,24 +261,46 @@ def engine_worker(job_path: str, out_path: str) -> None:
     # runs stay comparable). Same settings in every arm.
     engine_kwargs = dict(enable_chunked_prefill=False, max_num_batched_tokens=32768)
     engine_kwargs.update(job.get("engine_kwargs") or {})
-    llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True, dtype="float32",
-              max_model_len=job.get("max_model_len", 512), disable_log_stats=False, seed=0, **engine_kwargs)
+    llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True,
+              dtype=job.get("dtype", "float32"), max_model_len=job.get("max_model_len", 512), disable_log_stats=False,
+              seed=0, **engine_kwargs)
     startup_s = time.perf_counter() - t0
+    if job.get("score") is not None:
+        from vllm.inputs import TokensPrompt
+
+        pairs = job["score"]
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p + o) for p, o in pairs],
+                            SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+        scores = []
+        for (p, o), out in zip(pairs, outs):
+            lps = out.prompt_logprobs[len(p):]  # one dict per output position: its own token is always in it
+            scores.append(sum(d[t].logprob for d, t in zip(lps, o)))
+        with open(out_path, "w") as f:
+            json.dump({"startup_s": startup_s, "scores": scores}, f)
+        return
+    prompts = job["prompts"]
+    if job.get("chat"):
+        tokenizer = llm.get_tokenizer()
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
     # Warm-up pass over the same prompts (first-call allocations, lazy imports), excluded from every timing.
-    llm.generate(job["prompts"], SamplingParams(temperature=1.0, max_tokens=16, seed=0), use_tqdm=False)
+    llm.generate(prompts, SamplingParams(temperature=1.0, max_tokens=16, seed=0), use_tqdm=False)
     results = []
     for run in job["runs"]:
         extra = {"ears_alpha": run["alpha"]} if run.get("alpha") is not None else None
         params = [SamplingParams(temperature=run["temperature"], max_tokens=job["max_tokens"],
-                                 seed=run["seed"] + i, extra_args=extra) for i in range(len(job["prompts"]))]
+                                 seed=run["seed"] + i, extra_args=extra) for i in range(len(prompts))]
         before = _spec_snapshot(llm)
         t0 = time.perf_counter()
-        outs = llm.generate(job["prompts"], params, use_tqdm=False)
+        outs = llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - t0
         delta = _spec_delta(_spec_snapshot(llm), before)
-        results.append(dict(run, wall_s=wall, load1=load1(), spec=delta,
-                            texts=[o.outputs[0].text for o in outs],
-                            output_tokens=[len(o.outputs[0].token_ids) for o in outs]))
+        res = dict(run, wall_s=wall, load1=load1(), spec=delta, texts=[o.outputs[0].text for o in outs],
+                   output_tokens=[len(o.outputs[0].token_ids) for o in outs], tpot_s=[_tpot_s(o) for o in outs])
+        if job.get("return_ids"):
+            res["prompt_ids"] = [list(o.prompt_token_ids) for o in outs]
+            res["output_ids"] = [list(o.outputs[0].token_ids) for o in outs]
+        results.append(res)
     with open(out_path, "w") as f:
         json.dump({"startup_s": startup_s, "results": results}, f)
 

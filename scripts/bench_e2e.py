@@ -45,18 +45,23 @@ COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompt
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="EARS end-to-end benchmark in vLLM (see module docstring)")
-    ap.add_argument("--target", default=os.path.join(ROOT, "models", "target"))
-    ap.add_argument("--draft", default=os.path.join(ROOT, "models", "draft"))
+    ap.add_argument("--workload", choices=("gsm", "creative", "grounded"), default="gsm",
+                    help="gsm: the bundled pair on the GSM-format task (accuracy); creative / grounded: the real "
+                         "pair (bench_e2e_text.py)")
+    ap.add_argument("--target", default=None, help="default models/target (gsm) or the real target")
+    ap.add_argument("--draft", default=None, help="default models/draft (gsm) or models/smollm2-draft")
+    ap.add_argument("--concurrency", default="1,4,16", help="creative / grounded: engine max_num_seqs values")
+    ap.add_argument("--n-per-concurrency", default="16,32,48", help="creative / grounded: prompts per concurrency")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "gsm_synth_test.jsonl"))
     ap.add_argument("--n", type=int, default=64, help="prompts (first N problems)")
     ap.add_argument("--methods", default=None, help="default ngram,draft_model (--quick: draft_model)")
     ap.add_argument("--samplers", default="none,standard,ears", help="subset of none,standard,ears")
     ap.add_argument("--alphas", default=None, help="default 0,0.1,0.2,0.3,0.5 (--quick: 0.3)")
     ap.add_argument("--temperatures", default=None, help="default 0,0.7,1.0 (--quick: 1.0)")
-    ap.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
+    ap.add_argument("--k", type=int, default=None, help="num_speculative_tokens (default 3 gsm, 4 otherwise)")
     ap.add_argument("--draft-sample-method", choices=("greedy", "probabilistic"), default=None)
-    ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--max-model-len", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, default=None, help="default 160 (gsm), 128 otherwise")
+    ap.add_argument("--max-model-len", type=int, default=None, help="default 512 (gsm), 1536 otherwise")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=1,
                     help="timed passes per arm inside each engine, round-robin over the arms (same prompts and "
@@ -67,6 +72,20 @@ def main(argv=None):
     ap.add_argument("--log", default=None, help="prefix for engine logs")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
+    if args.workload != "gsm":
+        import bench_e2e_text
+
+        args.max_tokens = args.max_tokens or 128
+        args.max_model_len = args.max_model_len or 1536
+        if args.quick:
+            args.concurrency, args.n_per_concurrency, args.passes = "1", "4", 1
+            args.max_tokens, args.alphas = min(args.max_tokens, 32), args.alphas or "0.3"
+        return bench_e2e_text.run(args)
+    args.target = args.target or os.path.join(ROOT, "models", "target")
+    args.draft = args.draft or os.path.join(ROOT, "models", "draft")
+    args.k = args.k or 3
+    args.max_tokens = args.max_tokens or 160
+    args.max_model_len = args.max_model_len or 512
     defaults = ("draft_model", "0.3", "1.0") if args.quick else ("ngram,draft_model", "0,0.1,0.2,0.3,0.5", "0,0.7,1.0")
     args.methods, args.alphas, args.temperatures = (given or default for given, default in zip(
         (args.methods, args.alphas, args.temperatures), defaults))

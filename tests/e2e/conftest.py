@@ -58,9 +58,10 @@ def spec(method: str = "draft_model", **kw) -> dict:
     return d
 
 
-def serve_command(port: int, speculative_config: dict | None, *extra: str, model: str = TARGET) -> list[str]:
+def serve_command(port: int, speculative_config: dict | None, *extra: str, model: str = TARGET,
+                  dtype: str = "float32", max_model_len: int = MAX_MODEL_LEN) -> list[str]:
     cmd = [VLLM, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--seed", "0", *extra]
+           "--dtype", dtype, "--max-model-len", str(max_model_len), "--seed", "0", *extra]
     if speculative_config is not None:
         cmd += ["--speculative-config", json.dumps(speculative_config)]
     return cmd
@@ -68,14 +69,14 @@ def serve_command(port: int, speculative_config: dict | None, *extra: str, model
 
 class Server:
     def __init__(self, name: str, speculative_config: dict | None, *extra: str, log_dir: Path,
-                 env: dict[str, str] | None = None, model: str = TARGET):
+                 env: dict[str, str] | None = None, model: str = TARGET, **serve_kw):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(serve_command(self.port, speculative_config, *extra, model=model), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env={**engine_env(), **(env or {})},
+        self.proc = subprocess.Popen(serve_command(self.port, speculative_config, *extra, model=model, **serve_kw),
+                                     stdout=self._log, stderr=subprocess.STDOUT, env={**engine_env(), **(env or {})},
                                      start_new_session=True)
 
     def wait_ready(self) -> "Server":

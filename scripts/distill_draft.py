@@ -3,11 +3,11 @@
 Three stages, each deterministic (fixed seeds, fixed order, fixed thread count), each cached in ``.cache/distill/``
 (ignored by git; SHA-256s recorded in ``training_info.json``):
 
-1. ``generate``: vLLM serves the target (bfloat16, the precision it is served in) and answers every prompt of
+1. ``generate``: vLLM serves the target (float32, the precision it is served in here) and answers every prompt of
    ``data/prompts_distill.jsonl`` (chat template applied) ``--samples`` times at temperature ``--gen-temperature``
    with fixed per-request seeds, returning the target's top-20 log-probabilities (temperature 1) at every
    generated position: the distillation labels.
-2. ``features``: transformers runs the target (bfloat16) over every prompt + answer and keeps the residual stream
+2. ``features``: transformers runs the target (float32; kept as bfloat16) over every prompt + answer and keeps the residual stream
    entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
    (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3).
 3. ``train``: the EAGLE-3 head exactly as vLLM runs it (``vllm/model_executor/models/llama_eagle3.py``): ``fc``
@@ -51,6 +51,8 @@ PROMPTS = os.path.join(ROOT, "data", "prompts_distill.jsonl")
 DATA = os.path.join(ROOT, ".cache", "distill", "data.pt")
 FEATURES = os.path.join(ROOT, ".cache", "distill", "features.pt")
 TOP_K = 20
+# The target is served in float32: this CPU (AMD EPYC, AVX2, no AVX-512 BF16) runs bfloat16 matmuls slower.
+SERVE_DTYPE = "float32"
 
 
 def load_prompts(path: str) -> list[str]:
@@ -76,7 +78,7 @@ def generate(args) -> None:
     todo = [s for s in range(args.samples) if s not in have]
     if not todo:
         return
-    llm = LLM(TARGET, dtype="bfloat16", enforce_eager=True, max_model_len=1024, seed=0, max_num_seqs=64)
+    llm = LLM(TARGET, dtype=SERVE_DTYPE, enforce_eager=True, max_model_len=1024, seed=0, max_num_seqs=64)
     tokenizer = llm.get_tokenizer()
     prompts = [chat_prompt(tokenizer, p) for p in load_prompts(PROMPTS)]
     jobs = [(i, s) for s in todo for i in range(len(prompts))]
@@ -120,7 +122,7 @@ def features(args) -> None:
 
     torch.set_num_threads(args.threads)
     records = torch.load(DATA)
-    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=torch.bfloat16).eval()
+    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=torch.float32).eval()
     assert model.config.num_hidden_layers == 30, "AUX_LAYERS assume the 30-layer SmolLM2-135M"
     t0, feats = time.time(), []
     with torch.no_grad():
@@ -134,7 +136,7 @@ def features(args) -> None:
                 ids[b, : len(x)], mask[b, : len(x)] = x, 1
             hs = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             aux = torch.cat([hs[layer] for layer in AUX_LAYERS], dim=-1)  # hidden_states[i] enters layer i
-            feats += [aux[b, : len(x)].clone() for b, x in enumerate(seqs)]
+            feats += [aux[b, : len(x)].to(torch.bfloat16) for b, x in enumerate(seqs)]
     torch.save(feats, FEATURES)
     print(f"distill_draft: features of {len(feats)} sequences in {time.time() - t0:.0f} s -> {FEATURES}")
 

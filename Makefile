@@ -50,7 +50,7 @@ serve-real: venv models
 		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 2048 --enforce-eager \
 		--speculative-config '$(REAL_SPEC_CONFIG)'
 
-# The draft of the real pair, by distillation from the target (scripts/distill_draft.py, ~40 min on 2 cores).
+# The draft of the real pair, by distillation from the target (scripts/distill_draft.py; its measured cost: docs/models.md).
 draft-retrain: venv models
 	$(PY) scripts/distill_draft.py
 

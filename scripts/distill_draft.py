@@ -29,7 +29,7 @@ one step ahead; its cost per draft step is one layer plus an 8192 x 576 projecti
 
 Usage::
 
-    python scripts/distill_draft.py            # the missing stages, then train: ~30 min on 2 cores
+    python scripts/distill_draft.py            # the missing stages, then train (cost measured: docs/models.md)
     python scripts/distill_draft.py --stage train
 """
 

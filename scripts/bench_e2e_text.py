@@ -38,7 +38,8 @@ WORKLOADS = {
 }
 REAL_TARGET = os.path.join(ROOT, "models", "smollm2-135m-instruct")
 REAL_DRAFT = os.path.join(ROOT, "models", "smollm2-eagle3")
-# float32: on this CPU (AVX2, no AVX-512 BF16) bfloat16 is no faster and the EAGLE-3 steps are slower.
+# float32: on this CPU (AVX2, no AVX-512 BF16) bfloat16 gains little without speculation (11.5 vs 10.9 tok/s) and
+# halves the speed with the EAGLE-3 head (6.2 vs 11.0 tok/s), measured 2026-12-02 (docs/benchmarks.md).
 DTYPE = "float32"
 COLUMNS = ["timestamp", "device", "load1", "workload", "target", "draft", "method", "k", "temperature",
            "concurrency", "n_prompts", "max_tokens", "passes", "sampler", "alpha", "output_tokens",

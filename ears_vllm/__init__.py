@@ -4,11 +4,12 @@ The library layer (``ears_rejection_sample`` and the reference) needs only torch
 and a CUDA device; the vLLM integration lives in ``ears_vllm.vllm_plugin`` and is loaded by vLLM itself.
 """
 
-from ._common import GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput
-from .ops import check_alpha, ears_rejection_sample
+from ._common import GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsInputs, EarsOutput, check_alpha
+from .ops import ears_rejection_sample
 from .reference import ears_rejection_sample_reference
 
 __all__ = [
+    "EarsInputs",
     "EarsOutput",
     "GREEDY_TEMPERATURE_EPS",
     "PLACEHOLDER_TOKEN_ID",

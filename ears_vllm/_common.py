@@ -1,6 +1,8 @@
 """Constants, the output type and the small numerical rules shared by every EARS backend."""
 
-from typing import NamedTuple
+import math
+from numbers import Real
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -13,6 +15,25 @@ GREEDY_TEMPERATURE_EPS = 1e-5
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Inverse-CDF sampling works on blocks of this many tokens: block sums, then one block's cumulative sum.
 CDF_BLOCK = 256
+
+
+def check_alpha(alpha, name: str = "alpha", error: type = ValueError):
+    """The one check of an EARS alpha: a real number in [0, 1], NaN rejected; tensors elementwise (float dtype).
+
+    Returns ``alpha`` (a number as ``float``). Raises ``error`` (a ``ValueError`` subclass) with a one-line message
+    that starts with ``name``: ``"<name>=1.5 is not allowed: it must be a number in [0, 1]"``.
+    """
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.dtype.is_floating_point:
+            raise error(f"{name} is not allowed: it must be a floating-point tensor, got dtype {alpha.dtype}")
+        ok = (alpha >= 0) & (alpha <= 1)
+        if alpha.numel() and not bool(ok.all()):
+            bad = alpha[~ok].flatten()[0].item()
+            raise error(f"{name} is not allowed: it must lie in [0, 1] (no NaN); found {bad}")
+        return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or math.isnan(alpha) or not 0.0 <= alpha <= 1.0:
+        raise error(f"{name}={alpha!r} is not allowed: it must be a number in [0, 1]")
+    return float(alpha)
 
 
 def sanitize_logits(scaled_logits: torch.Tensor) -> torch.Tensor:
@@ -52,6 +73,23 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     idx = torch.minimum(torch.searchsorted(cdf, target - below, right=True),
                         torch.searchsorted(cdf, cdf[:, -1:].contiguous(), right=False))
     return (blk * CDF_BLOCK + idx).squeeze(1).clamp_(max=vocab - 1)
+
+
+class EarsInputs(NamedTuple):
+    """The inputs of one EARS step, every one given: what ``ears_vllm.ears_rejection_sample`` hands a backend after
+    validating its arguments and drawing the randomness not passed in. Shapes and meaning: that function's
+    docstring."""
+
+    draft_token_ids: torch.Tensor  # [num_tokens], -1 = no draft
+    cu_num_draft_tokens: torch.Tensor  # [batch]
+    target_logits: torch.Tensor  # [num_tokens, V], or [num_tokens + batch, V] when bonus_token_ids is None
+    bonus_token_ids: Optional[torch.Tensor]  # [batch] or [batch, 1]; None: sampled from each request's last row
+    temperature: torch.Tensor  # [batch]
+    alpha: Union[float, torch.Tensor]  # scalar or [batch]
+    max_spec_len: int
+    draft_probs: Optional[torch.Tensor]  # [num_tokens, V]; None: one-hot drafts
+    uniform_probs: torch.Tensor  # [num_tokens] float64
+    recovery_noise: torch.Tensor  # [batch, V] Exp(1), or [batch] U(0, 1) (inverse CDF; not the Triton backend)
 
 
 class EarsOutput(NamedTuple):

@@ -7,12 +7,18 @@ for the one row per request that emits a sampled token (the row of the first rej
 the scaled logits and the softmax of every row and draws ``[batch, vocab]`` exponentials.
 """
 
-from typing import Optional, Union
 
 import torch
 
-from ._common import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf, \
-    sanitize_logits
+from ._common import (
+    FLOAT32_MAX,
+    GREEDY_TEMPERATURE_EPS,
+    PLACEHOLDER_TOKEN_ID,
+    EarsInputs,
+    EarsOutput,
+    sample_inverse_cdf,
+    sanitize_logits,
+)
 
 # Rows per pass are chosen so that one float32 temporary stays near this size (1 MiB: L2-resident). Larger
 # temporaries are also returned to the system and faulted back in by glibc on every call.
@@ -100,18 +106,9 @@ def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise):
     return tokens
 
 
-def ears_rejection_sample_torch(
-    draft_token_ids: torch.Tensor,  # [num_tokens], -1 = no draft
-    cu_num_draft_tokens: torch.Tensor,  # [batch]
-    target_logits: torch.Tensor,  # [num_tokens, vocab_size], or [num_tokens + batch, vocab_size] if no bonus ids
-    bonus_token_ids: Optional[torch.Tensor],  # [batch] or None: sampled from each request's last row
-    temperature: torch.Tensor,  # [batch]
-    alpha: Union[float, torch.Tensor],  # scalar or [batch]
-    max_spec_len: int,
-    draft_probs: Optional[torch.Tensor],  # [num_tokens, vocab_size] or None
-    uniform_probs: torch.Tensor,  # [num_tokens] float64
-    recovery_noise: torch.Tensor,  # [batch, vocab_size] Exp(1) or [batch] U(0,1)
-) -> EarsOutput:
+def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
+    (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
+     draft_probs, uniform_probs, recovery_noise) = inputs
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()

@@ -1,12 +1,10 @@
 """Public functional API: EARS verification of a ragged batch of draft tokens, in vLLM's layout."""
 
-import math
-from numbers import Real
 from typing import Optional, Union
 
 import torch
 
-from ._common import PLACEHOLDER_TOKEN_ID, EarsOutput
+from ._common import PLACEHOLDER_TOKEN_ID, EarsInputs, EarsOutput, check_alpha
 
 _BACKENDS = ("auto", "triton", "torch", "reference")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -14,21 +12,6 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def _fail(name: str, problem: str):
     raise ValueError(f"ears_rejection_sample: `{name}` {problem}")
-
-
-def check_alpha(alpha, name: str = "alpha") -> None:
-    """Raise ValueError unless alpha is a real number in [0, 1] (NaN is rejected). Tensors are checked elementwise."""
-    if isinstance(alpha, torch.Tensor):
-        if not alpha.dtype.is_floating_point:
-            _fail(name, f"must be a floating-point tensor, got dtype {alpha.dtype}")
-        if alpha.numel() and not bool(((alpha >= 0) & (alpha <= 1)).all()):
-            bad = alpha[~((alpha >= 0) & (alpha <= 1))].flatten()[0].item()
-            _fail(name, f"must lie in [0, 1] (no NaN); got {bad}")
-        return
-    if isinstance(alpha, bool) or not isinstance(alpha, Real):
-        _fail(name, f"must be a number in [0, 1], got {alpha!r} ({type(alpha).__name__})")
-    if math.isnan(alpha) or not 0.0 <= alpha <= 1.0:
-        _fail(name, f"must lie in [0, 1] (no NaN); got {alpha!r}")
 
 
 def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, device=None):
@@ -73,7 +56,7 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
         _fail("temperature", "must be >= 0 and not NaN (0 means greedy)")
     if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
         _check_tensor("alpha", alpha, 1, floating=True, shape=(batch,), device=dev)
-    check_alpha(alpha)
+    check_alpha(alpha, "ears_rejection_sample: `alpha`")
     if isinstance(max_spec_len, bool) or not isinstance(max_spec_len, int) or max_spec_len < 0:
         _fail("max_spec_len", f"must be a non-negative int, got {max_spec_len!r}")
     if batch:
@@ -240,17 +223,17 @@ def ears_rejection_sample(
             recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
     elif backend == "triton" and recovery_noise.dim() != 2:
         _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
-    args = (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-            max_spec_len, draft_probs, uniform_probs, recovery_noise)
+    inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
+                        max_spec_len, draft_probs, uniform_probs, recovery_noise)
     if backend == "torch":
         from .cpu import ears_rejection_sample_torch
 
-        return ears_rejection_sample_torch(*args)
+        return ears_rejection_sample_torch(inputs)
     if backend == "reference":
         from .reference import ears_rejection_sample_reference
 
-        return EarsOutput(*(t.to(device) for t in ears_rejection_sample_reference(*(
-            a.cpu() if isinstance(a, torch.Tensor) else a for a in args))))
+        on_cpu = EarsInputs(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
+        return EarsOutput(*(t.to(device) for t in ears_rejection_sample_reference(on_cpu)))
     from .kernels.ears_verify import ears_rejection_sample_triton
 
-    return EarsOutput(*ears_rejection_sample_triton(*args))
+    return EarsOutput(*ears_rejection_sample_triton(inputs))

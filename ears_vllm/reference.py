@@ -3,11 +3,17 @@
 Readable rather than fast: it is the specification the CPU path and the Triton kernel are tested against.
 """
 
-from typing import Optional, Union
 
 import torch
 
-from ._common import GREEDY_TEMPERATURE_EPS, PLACEHOLDER_TOKEN_ID, EarsOutput, sample_inverse_cdf, sanitize_logits
+from ._common import (
+    GREEDY_TEMPERATURE_EPS,
+    PLACEHOLDER_TOKEN_ID,
+    EarsInputs,
+    EarsOutput,
+    sample_inverse_cdf,
+    sanitize_logits,
+)
 
 
 def target_probs_reference(logits_row: torch.Tensor, temperature: float, dtype=torch.float64) -> torch.Tensor:
@@ -27,20 +33,11 @@ def _sample(weights: torch.Tensor, noise_row: torch.Tensor) -> int:
     return int(sample_inverse_cdf(weights[None], noise_row.reshape(1))[0])
 
 
-def ears_rejection_sample_reference(
-    draft_token_ids: torch.Tensor,
-    cu_num_draft_tokens: torch.Tensor,
-    target_logits: torch.Tensor,
-    bonus_token_ids: Optional[torch.Tensor],
-    temperature: torch.Tensor,
-    alpha: Union[float, torch.Tensor],
-    max_spec_len: int,
-    draft_probs: Optional[torch.Tensor],
-    uniform_probs: torch.Tensor,
-    recovery_noise: torch.Tensor,
-    dtype: torch.dtype = torch.float64,
-) -> EarsOutput:
-    """Same contract as :func:`ears_vllm.ears_rejection_sample`, with every input given explicitly."""
+def ears_rejection_sample_reference(inputs: EarsInputs, dtype: torch.dtype = torch.float64) -> EarsOutput:
+    """The specification: :func:`ears_vllm.ears_rejection_sample` on explicit inputs, one position at a time,
+    in ``dtype`` (float64) on the CPU."""
+    (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
+     draft_probs, uniform_probs, recovery_noise) = inputs
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()
     packed = bonus_token_ids is None  # target_logits holds each request's draft rows, then its bonus row

@@ -25,12 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import PLACEHOLDER_TOKEN_ID as _PLACEHOLDER
+from .. import _common
 
-PLACEHOLDER_TOKEN_ID = tl.constexpr(_PLACEHOLDER)
-
-GREEDY_TEMPERATURE_EPS = tl.constexpr(1e-5)
-FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+# The shared constants (ears_vllm/_common.py), as compile-time constants of the kernels.
+PLACEHOLDER_TOKEN_ID = tl.constexpr(_common.PLACEHOLDER_TOKEN_ID)
+GREEDY_TEMPERATURE_EPS = tl.constexpr(_common.GREEDY_TEMPERATURE_EPS)
+FLOAT32_MAX = tl.constexpr(_common.FLOAT32_MAX)
 MAX_FUSED_SIZE = 4096
 MAX_SPLITS = 16
 
@@ -301,25 +301,14 @@ def _num_sms(device) -> int:
     return 1
 
 
-def ears_rejection_sample_triton(
-    draft_token_ids: torch.Tensor,  # [num_tokens], -1 = no draft
-    cu_num_draft_tokens: torch.Tensor,  # [batch]
-    target_logits: torch.Tensor,  # [num_tokens, vocab_size], or [num_tokens + batch, vocab_size] if no bonus ids
-    bonus_token_ids,  # [batch] or [batch, 1], or None: sampled from each request's last row
-    temperature: torch.Tensor,  # [batch]
-    alpha,  # float or [batch]
-    max_spec_len: int,
-    draft_probs,  # [num_tokens, vocab_size] or None
-    uniform_probs: torch.Tensor,  # [num_tokens] float64
-    recovery_noise: torch.Tensor,  # [batch, vocab_size] float32
-    block_size: int = None,
-    num_splits: int = None,
-):
+def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int = None):
     """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the five EarsOutput tensors.
 
     ``num_splits`` (a power of two) splits every row's vocabulary over that many programs in both passes; by
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
     """
+    (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
+     draft_probs, uniform_probs, recovery_noise) = inputs
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]

@@ -1,6 +1,5 @@
 import os
 
-import pytest
 import torch
 
 # Without a GPU the Triton kernels run under Triton's interpreter. The switch is read when a kernel is decorated,
@@ -15,7 +14,5 @@ except ImportError:  # triton not installed: the triton-parametrised tests fail 
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "vllm: starts a vLLM engine or server (slow)")
-    config.addinivalue_line("markers", "slow: takes more than ~30 s")
     # The interpreter evaluates kernels with numpy, which warns on the (intended) -inf arithmetic.
     config.addinivalue_line("filterwarnings", "ignore::RuntimeWarning:triton.runtime.interpreter")

@@ -69,14 +69,14 @@ def standard_speculative_sample(draft, cu, logits, bonus, temp, max_spec_len, dr
         greedy = float(temp[b]) < 1e-5
         for row in range(start, end):
             x = int(draft[row])
-            l = logits[row + shift].double()
+            row_logits = logits[row + shift].double()
             if greedy:
-                t = int(torch.argmax(l))
+                t = int(torch.argmax(row_logits))
                 out[b, row - start] = x if x == t else t
                 if x != t:
                     break
                 continue
-            p = torch.softmax(l / float(temp[b]), -1)
+            p = torch.softmax(row_logits / float(temp[b]), -1)
             q = torch.zeros(vocab, dtype=torch.float64)
             if draft_probs is None:
                 if x >= 0:
@@ -92,8 +92,8 @@ def standard_speculative_sample(draft, cu, logits, bonus, temp, max_spec_len, dr
             if bonus is not None:
                 out[b, end - start] = int(bonus[b])
             else:
-                l = logits[end + shift].double()
-                out[b, end - start] = int(torch.argmax(l)) if greedy else \
-                    int(torch.argmax(torch.softmax(l / float(temp[b]), -1) / noise[b].double()))
+                bonus_logits = logits[end + shift].double()
+                out[b, end - start] = int(torch.argmax(bonus_logits)) if greedy else \
+                    int(torch.argmax(torch.softmax(bonus_logits / float(temp[b]), -1) / noise[b].double()))
         start = end
     return out

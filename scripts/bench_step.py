@@ -22,13 +22,13 @@ freed blocks are faulted back in on the next call (``minflt_per_call``); setting
 / ``MALLOC_TRIM_THRESHOLD_`` did not change that here, so no allocator variant is offered.
 
 GPU: not supported here. The plugin's sampler needs vLLM, which the lent GPU machines lack; timing it there needs
-vLLM's V1 sampler modules extracted from the 0.33 wheel (``extract_vllm_stock.py`` extracts the verification
-kernels only). ``bench_kernel.py`` times the fused kernel on GPU.
+vLLM's V1 sampler modules extracted from the 0.33 wheel (``scripts.extract_vllm_stock`` extracts the verification
+kernels only). ``scripts.bench_kernel`` times the fused kernel on GPU.
 
 Usage::
 
-    python scripts/bench_step.py --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds, ~7 min
-    python scripts/bench_step.py --quick --out /tmp/step.csv                # small, for the tests
+    python -m scripts.bench_step --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds
+    python -m scripts.bench_step --quick                                    # small, to results/quick/ (ignored)
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ import subprocess
 import sys
 import time
 
-import bench_common as bc
+from scripts.harness import timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROVIDERS = ("ears", "stock")
 CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9)}
@@ -115,18 +117,16 @@ def worker(cfg: dict) -> dict:
         sampler(meta, draft_probs, work, sm)
         samples.append((time.perf_counter() - t0) * 1e3)
         faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-    p50, p20, p80 = bc._quantiles(samples)
+    p50, p20, p80 = timing.quantiles(samples)
     return dict(ms_p50=p50, ms_p20=p20, ms_p80=p80, minflt_per_call=faults / cfg["calls"], ears_path=path,
-                vllm=vllm.__version__, load1=bc.load1(), **bc.env_columns("cpu"))
+                vllm=vllm.__version__, load1=timing.load1(), **timing.env_columns("cpu"))
 
 
 def run_worker(cfg: dict) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)], env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench_step", "--worker", json.dumps(cfg)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"worker failed ({proc.returncode}): {cfg}\n{proc.stderr[-3000:]}")
@@ -136,7 +136,7 @@ def run_worker(cfg: dict) -> dict:
 # ---- parent: rounds, CSV, summary ------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/bench_step_cpu.csv")
+    ap.add_argument("--out", default=None, help="default results/bench_step_cpu.csv (--quick: results/quick/)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=32000)
@@ -155,19 +155,21 @@ def main(argv=None):
         return
     if args.quick:
         args.batch, args.k, args.vocab, args.rounds, args.calls, args.warmup = 8, 2, 4096, 2, 8, 2
+    if args.out is None:
+        args.out = os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_step_cpu.csv")
     cases = [c for c in args.cases.split(",") if c]
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"bench_step: unknown case {c!r}; use {', '.join(CASES)}")
-    csv_out = bc.LongCsv(args.out, COLUMNS)
+    csv_out = timing.LongCsv(args.out, COLUMNS)
     jobs = [(c, r, p) for c in cases for r in range(args.rounds)
             for p in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1])]
     results: dict = {}
-    for case, rnd, provider in bc.progress(jobs, desc="bench_step", disable=args.no_progress):
+    for case, rnd, provider in timing.progress(jobs, desc="bench_step", disable=args.no_progress):
         cfg = dict(provider=provider, case=case, batch=args.batch, k=args.k, vocab=args.vocab, dtype=args.dtype,
                    draft_probs=args.draft_probs, calls=args.calls, warmup=args.warmup)
         res = run_worker(cfg)
-        row = dict(res, timestamp=bc.timestamp(), provider=provider, case=case, batch=args.batch, k=args.k,
+        row = dict(res, timestamp=timing.timestamp(), provider=provider, case=case, batch=args.batch, k=args.k,
                    vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs, round=rnd, calls=args.calls)
         csv_out.write(row)
         results.setdefault(case, {}).setdefault(provider, []).append(res["ms_p50"])

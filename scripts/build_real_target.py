@@ -13,8 +13,8 @@ so the dequantised state dict is loaded into a fresh ``LlamaForCausalLM(config)`
 
 Usage::
 
-    python scripts/build_real_target.py           # build if missing, then check (what `make models` runs)
-    python scripts/build_real_target.py --record  # rebuild and write the checksum file (after a deliberate change)
+    python -m scripts.build_real_target           # build if missing, then check (what `make models` runs)
+    python -m scripts.build_real_target --record  # rebuild and write the checksum file (after a deliberate change)
 """
 
 from __future__ import annotations

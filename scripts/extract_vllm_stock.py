@@ -1,7 +1,7 @@
 """Extract vLLM's stock V1 rejection sampler into an importable local package (for machines without vLLM).
 
 The GPU benchmark machine has torch + triton but no vLLM (no network, the wheel is 336 MB). The stock provider of
-``scripts/bench_kernel.py`` needs only ``vllm/v1/sample/rejection_sampler.py`` (pure Python + Triton kernels) and
+``scripts.bench_kernel`` needs only ``vllm/v1/sample/rejection_sampler.py`` (pure Python + Triton kernels) and
 the ``SamplingMetadata`` dataclass. This script copies both out of a vLLM wheel into ``<out>/vllm_stock/`` and
 rewrites every ``from vllm... import`` into ``from ._stubs import ...``; ``_stubs.py`` (written here) provides
 ``triton``/``tl``, a minimal launcher for vLLM's ``@triton_kernel_dispatcher_with_warmup`` (the dispatch function
@@ -15,7 +15,7 @@ The vLLM code is Apache-2.0 and is *not* committed here: the output folder is ig
 Usage::
 
     pip download vllm==0.33.0 --no-deps -d /tmp/v          # once, on a machine with network
-    python scripts/extract_vllm_stock.py --wheel /tmp/v/vllm-0.33.0-*.whl --out .stock
+    python -m scripts.extract_vllm_stock --wheel /tmp/v/vllm-0.33.0-*.whl --out .stock
     PYTHONPATH=.stock python -c "import vllm_stock.rejection_sampler as rs; print(rs.rejection_sample)"
 """
 

@@ -11,11 +11,12 @@ Deterministic: fixed lists, a fixed ``random.Random`` seed, the docstrings of th
 are committed, so a later Python changes nothing). Each line: ``{"id", "kind", "prompt"}``; the prompt is the user
 message (the chat template is applied by whoever sends it).
 
-Usage: ``python scripts/real_prompts.py`` (rewrites the three files).
+Usage: ``python -m scripts.real_prompts`` (rewrites the three files).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -121,7 +122,8 @@ def build() -> dict[str, list[dict]]:
     }
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # no options; --help works
     for name, rows in build().items():
         path = os.path.join(ROOT, "data", name)
         with open(path, "w") as f:

@@ -65,7 +65,7 @@ def test_torch_path_matches_reference_large(shape, opts):
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
 @pytest.mark.parametrize("opts", OPTIONS)
 def test_triton_matches_reference(shape, opts):
-    # On CPU this runs under TRITON_INTERPRET=1 (set by tests/conftest.py before the kernels are imported).
+    # On CPU this runs under TRITON_INTERPRET=1 (set by the root conftest.py before the kernels are imported).
     _check("triton", 3, shape, opts)
 
 

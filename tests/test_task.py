@@ -1,8 +1,11 @@
-"""Scorer / generator tests for ears_vllm.task (stdlib only, fast)."""
+"""Scorer / generator tests for the evaluation task, scripts.harness.task (stdlib only, fast)."""
 
+import pathlib
 import random
 
-from ears_vllm import task
+from scripts.harness import task
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_extract_answer_basic():
@@ -61,16 +64,20 @@ def test_generator_deterministic_and_consistent():
     assert isinstance(task.make_story(random.Random(0)), str)
 
 
-def test_heldout_split_disjoint_from_training():
-    import pathlib
+def test_heldout_split_is_the_one_training_excluded(tmp_path):
+    """The committed held-out split is the one ``scripts.train_pair`` generates (same seed and size), and none of its
+    questions is in the training corpus that ``train_pair`` builds with its training seed."""
+    from scripts import train_pair
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "data" / "gsm_synth_test.jsonl"
-    rows = task.load_jsonl(path)
-    assert len(rows) >= 200
+    committed = ROOT / "data" / "gsm_synth_test.jsonl"
+    rows = task.load_jsonl(committed)
+    assert len(rows) == train_pair.TEST_N
     assert all(task.extract_answer(r["answer"]) is not None for r in rows)
-    test_q = {r["question"] for r in rows}
-    # the training generator (seed 0) excludes test questions
-    train = task.generate_problems(2000, seed=0, exclude=test_q)
-    assert not test_q & {p["question"] for p in train}
-    # the split is reproducible from its seed
-    assert rows == task.generate_problems(len(rows), seed=1234)
+    probs, _, test = train_pair.build_data(tmp_path)
+    assert test == rows
+    assert (tmp_path / "gsm_synth_test.jsonl").read_text() == committed.read_text()
+    prefix = "Question: "
+    assert all(doc.startswith(prefix) for doc in probs)
+    train_q = {doc[len(prefix):doc.index("\nAnswer:")] for doc in probs}
+    assert len(train_q) > 1000
+    assert not train_q & {r["question"] for r in rows}

@@ -36,7 +36,7 @@ requires_models = pytest.mark.skipif(
 
 def engine_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # set by tests/conftest.py for the kernel tests; not for vLLM
+    env.pop("TRITON_INTERPRET", None)  # set by the root conftest.py for the kernel tests; not for vLLM
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_LOG_STATS_INTERVAL", "2")
     return env

@@ -15,14 +15,15 @@ from pathlib import Path
 import openai
 import pytest
 
+from scripts.harness import real_pair
+
 from .conftest import ROOT, Server, delta
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-TARGET = str(ROOT / "models" / "smollm2-135m-instruct")
-DRAFT = str(ROOT / "models" / "smollm2-eagle3")
-SPEC = {"method": "eagle3", "model": DRAFT, "num_speculative_tokens": 3, "draft_sample_method": "probabilistic",
-        "rejection_sampler": "ears", "alpha": 0.3}
+TARGET, DRAFT = real_pair.TARGET, real_pair.DRAFT
+SPEC = {"method": "eagle3", "model": DRAFT, "num_speculative_tokens": real_pair.K,
+        "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": 0.3}
 PROMPTS = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts_creative.jsonl").read_text().splitlines()]
 
 
@@ -30,8 +31,8 @@ PROMPTS = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts_crea
 def server(tmp_path_factory):
     if not Path(TARGET, "model.safetensors").exists():
         pytest.fail(f"{TARGET} missing: `make models` builds it")
-    s = Server("real", SPEC, log_dir=tmp_path_factory.mktemp("real"), model=TARGET, dtype="float32",
-               max_model_len=2048, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    s = Server("real", SPEC, log_dir=tmp_path_factory.mktemp("real"), model=TARGET, dtype=real_pair.DTYPE,
+               max_model_len=real_pair.MAX_MODEL_LEN, env={"VLLM_CPU_KVCACHE_SPACE": "2"})
     try:
         yield s.wait_ready()
     finally:

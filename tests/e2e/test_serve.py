@@ -14,7 +14,7 @@ import random
 import openai
 import pytest
 
-from ears_vllm.task import format_prompt, load_jsonl
+from scripts.harness.task import format_prompt, load_jsonl
 
 from .conftest import ROOT, TARGET, Server, acceptance, delta, requires_models, spec, start_servers
 
@@ -137,7 +137,7 @@ def test_temperature_1_alpha_0_equals_standard(servers):
 @pytest.mark.parametrize("name", ["ears", "nospec"])
 def test_many_seeded_prompts_do_not_kill_the_server(servers, name):
     """80 seeded prompts in one request: some are prefilled in chunks, and vLLM's rewind of their (CPU) generators
-    used to raise in the worker and kill the engine (patches/gpu_model_runner_cpu_generator_rewind.py)."""
+    used to raise in the worker and kill the engine (patches/gpu_model_runner.py, job 2)."""
     first = complete(servers[name], ACCEPTANCE_PROMPTS, temperature=1.0, seed=5, max_tokens=8)
     assert len(first) == len(ACCEPTANCE_PROMPTS) and all(first)
     assert complete(servers[name], ["Hello"], temperature=1.0, max_tokens=4)
@@ -269,7 +269,7 @@ def test_load_100_concurrent_mixed_requests(servers):
 @pytest.mark.parametrize("name", ["ears", "standard"])
 def test_seeded_request_is_reproducible_alone_and_under_load(servers, name):
     """A seeded request at T=1 gives the same text alone, beside 12 unseeded requests, and as 4 copies in one batch:
-    its probabilistic drafts follow its seed (patches/llm_base_proposer_seeded_drafts.py; vLLM draws them from the
+    its probabilistic drafts follow its seed (patches/spec_decode_base_proposer.py; vLLM draws them from the
     global RNG), whichever rejection sampler verifies them. Identical unseeded requests still differ."""
     s = servers[name]
     prompts = PROMPTS[:3]

@@ -9,11 +9,11 @@ same tokenizer with 4 heads (what is tested is that both ranks verify with EARS,
 
 from __future__ import annotations
 
-import openai
-import pytest
-
 import shutil
 from pathlib import Path
+
+import openai
+import pytest
 
 from .conftest import TARGET, Server, delta, requires_models, spec
 

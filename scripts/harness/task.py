@@ -1,4 +1,4 @@
-"""Synthetic GSM8K-format arithmetic task: generator, prompt format, scorer.
+"""Synthetic GSM8K-format arithmetic task: generator, prompt format, scorer (benchmark harness, not shipped).
 
 Stdlib only.  Problems look like GSM8K records::
 

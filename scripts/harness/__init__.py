@@ -1,0 +1,8 @@
+"""The benchmark and evaluation harness shared by the scripts in ``scripts/``; not part of the shipped library.
+
+- ``timing``: the timing rule (quantiles), environment columns, long-format CSV, peak bandwidth, progress, plots.
+- ``engine``: one vLLM engine per process (``python -m scripts.harness.engine --engine-worker JOB OUT``), its
+  speculative config and spec-decode counters.
+- ``intervals``: confidence intervals (Wilson, paired differences, means).
+- ``task``: the synthetic GSM8K-format word-problem task the bundled models are trained and evaluated on.
+"""

@@ -45,11 +45,8 @@ DRAFT = os.path.join(ROOT, "models", "smollm2-eagle3")
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fail(msg: str):

@@ -37,7 +37,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import random
 import sys
 import time
 
+from scripts.build_real_target import sha256
 from scripts.harness import real_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,14 +102,6 @@ def generate(args) -> None:
     n = sum(len(r["gen_ids"]) for r in records)
     print(f"distill_draft: samples {todo} in {time.time() - t0:.0f} s; {len(records)} answers, {n} target tokens "
           f"-> {DATA} (sha256 {sha256(DATA)})")
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- stage 2: the target's features ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ for the one row per request that emits a sampled token (the row of the first rej
 the scaled logits and the softmax of every row and draws ``[batch, vocab]`` exponentials.
 """
 
-
 import torch
 
 from ._common import (

@@ -3,7 +3,6 @@
 Readable rather than fast: it is the specification the CPU path and the Triton kernel are tested against.
 """
 
-
 import torch
 
 from ._common import (

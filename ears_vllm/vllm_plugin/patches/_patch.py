@@ -36,8 +36,10 @@ def log_once(key: str, msg: str, *args, level: int = logging.INFO) -> None:
 
 
 def _target(owner, name: str) -> str:
-    return f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', getattr(owner, '__name__', owner))}" \
-        f".{name}" if isinstance(owner, type) else f"{owner.__name__}.{name}"
+    """``module.Class.name`` or ``module.name``, for the log line."""
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}.{name}"
+    return f"{owner.__name__}.{name}"
 
 
 def _is_patched(value, key: str) -> bool:

@@ -3,13 +3,14 @@
 Three stages, each deterministic (fixed seeds, fixed order, fixed thread count), each cached in ``.cache/distill/``
 (ignored by git; SHA-256s recorded in ``training_info.json``):
 
-1. ``generate``: vLLM serves the target (float32, the precision it is served in here) and answers every prompt of
-   ``data/prompts_distill.jsonl`` (chat template applied) ``--samples`` times at temperature ``--gen-temperature``
-   with fixed per-request seeds, returning the target's top-20 log-probabilities (temperature 1) at every
-   generated position: the distillation labels.
-2. ``features``: transformers runs the target (float32; kept as bfloat16) over every prompt + answer and keeps the
-   residual stream entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
-   (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3).
+1. ``generate``: transformers runs the target (bfloat16) and answers every prompt of ``data/prompts_distill.jsonl``
+   (chat template applied) ``--samples`` times at temperature ``--gen-temperature``, pure sampling, the generator
+   reseeded per batch: the text the draft learns on (the target's own).
+2. ``features``: one prefill pass of the target (bfloat16) over every prompt + answer keeps (a) the residual stream
+   entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
+   (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3), and (b) the target's top-20 log-probabilities
+   (temperature 1) at every answer position: the distillation labels. Labels from a prefill pass cost a fraction of
+   a generated token (about 2300 prefill tokens/s here against 250 generated).
 3. ``train``: the EAGLE-3 head exactly as vLLM runs it (``vllm/model_executor/models/llama_eagle3.py``): ``fc``
    maps the three features (3 x 576) to 576; one decoder layer takes the RMS-normalised embedding of the next token
    (the target's own embedding table, shared and frozen) concatenated with the normalised ``fc`` output (2 x 576)
@@ -18,8 +19,17 @@ Three stages, each deterministic (fixed seeds, fixed order, fixed thread count),
    (``d2t`` maps draft ids to target ids). Loss: cross-entropy against the target's top-20 probabilities (within
    the draft vocabulary) at each generated position, teacher-forced (the first draft step); with
    ``--ttt-steps N`` the head is also unrolled N-1 more steps on its own output hidden state, as vLLM feeds it
-   at draft steps 2.. (EAGLE-3's training-time test). Saved in vLLM's EAGLE-3 checkpoint layout, bfloat16, to
-   ``models/smollm2-eagle3/`` (committed) with ``training_info.json``.
+   at draft steps 2.. (EAGLE-3's training-time test; default 3 = the k it is served with). Matmuls in bfloat16
+   (autocast), weights and optimiser in float32. After each epoch: the held-out loss and, per draft step, the
+   expected acceptance sum_x min(p_T, q_T) at T = ``--gen-temperature`` on the held-out answers (teacher-forced
+   tokens). Saved in vLLM's EAGLE-3 checkpoint layout, bfloat16, to ``models/smollm2-eagle3/`` (committed) with
+   ``training_info.json``.
+
+bfloat16 and the served float32: the target is served in float32 (``scripts/harness/real_pair.py``), but generating
+and prefilling in bfloat16 is 1.5x and 5x faster on a CPU with AVX-512 BF16 (measured 2026-12-02), which is what
+fits the pipeline in about 30 minutes. So the draft is trained on bfloat16 features and labels and served on float32
+ones; the acceptance measured in vLLM (docs/models.md) is with the served float32 target, so it includes that
+mismatch. On a CPU without AVX-512 BF16 every stage is slower (not measured).
 
 Why EAGLE-3 and not an independent small model: on this CPU the draft runs K times per verification step, so each
 draft forward must cost a few % of a target forward. A small independent model (hidden 192, 2 layers, own
@@ -52,8 +62,8 @@ TARGET, DRAFT = real_pair.TARGET, real_pair.DRAFT
 PROMPTS = os.path.join(ROOT, "data", "prompts_distill.jsonl")
 DATA = os.path.join(ROOT, ".cache", "distill", "data.pt")
 FEATURES = os.path.join(ROOT, ".cache", "distill", "features.pt")
+LABELS = os.path.join(ROOT, ".cache", "distill", "labels.pt")
 TOP_K = 20
-SERVE_DTYPE = real_pair.DTYPE  # the answers are generated at the precision the target is served in
 
 
 def load_prompts(path: str) -> list[str]:
@@ -66,37 +76,60 @@ def chat_prompt(tokenizer, prompt: str) -> str:
                                          add_generation_prompt=True)
 
 
-# ---- stage 1: the target's answers and its top-20 distributions --------------------------------------------------
-def generate(args) -> None:
-    """Answers for samples 0 .. --samples - 1 of every prompt; samples already in DATA are kept, not redone."""
-    os.environ.pop("TRITON_INTERPRET", None)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    import torch
-    from vllm import LLM, SamplingParams
+# ---- stage 1: the target's answers --------------------------------------------------------------------------------
+GEN_DTYPE = "bfloat16"  # see generate()
 
+
+def generate(args) -> None:
+    """Answers for samples 0 .. --samples - 1 of every prompt; samples already in DATA are kept, not redone.
+
+    transformers samples them (bfloat16, ``--gen-batch`` prompts at a time sorted by length, left-padded, pure
+    sampling at ``--gen-temperature``, the generator reseeded per batch from ``--seed``, the sample and the batch).
+    Not vLLM: on this CPU its engine keeps one of the two cores and generated ~60 tokens/s (float32, 64 requests in
+    flight, 2026-12-02), transformers in bfloat16 ~320 tokens/s on a CPU with AVX-512 BF16. The draft only needs
+    text the target writes; its labels and features come from one prefill pass (stage 2)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.set_num_threads(args.threads)
     records = torch.load(DATA) if os.path.exists(DATA) else []
     have = {r["sample"] for r in records}
     todo = [s for s in range(args.samples) if s not in have]
     if not todo:
         return
-    llm = LLM(TARGET, dtype=SERVE_DTYPE, enforce_eager=True, max_model_len=1024, seed=0, max_num_seqs=64)
-    tokenizer = llm.get_tokenizer()
-    prompts = [chat_prompt(tokenizer, p) for p in load_prompts(PROMPTS)]
-    jobs = [(i, s) for s in todo for i in range(len(prompts))]
-    params = [SamplingParams(temperature=args.gen_temperature, max_tokens=args.gen_tokens, seed=1000 * s + i,
-                             logprobs=TOP_K) for i, s in jobs]
-    t0 = time.time()
-    outs = llm.generate([prompts[i] for i, _ in jobs], params, use_tqdm=not args.no_progress)
-    for (i, s), out in zip(jobs, outs):
-        o = out.outputs[0]
-        ids = torch.empty(len(o.token_ids), TOP_K, dtype=torch.int32)
-        lps = torch.empty(len(o.token_ids), TOP_K, dtype=torch.float32)
-        for j, position in enumerate(o.logprobs):
-            best = sorted(position.items(), key=lambda kv: kv[1].rank)[:TOP_K]  # the sampled token may be extra
-            ids[j] = torch.tensor([t for t, _ in best], dtype=torch.int32)
-            lps[j] = torch.tensor([lp.logprob for _, lp in best])
-        records.append(dict(prompt_index=i, sample=s, prompt_ids=torch.tensor(out.prompt_token_ids, dtype=torch.int32),
-                            gen_ids=torch.tensor(o.token_ids, dtype=torch.int32), top_ids=ids, top_logprobs=lps))
+    tokenizer = AutoTokenizer.from_pretrained(TARGET)
+    tokenizer.padding_side = "left"
+    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=getattr(torch, GEN_DTYPE)).eval()
+    prompts = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
+               for p in load_prompts(PROMPTS)]
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    eos = tokenizer.eos_token_id
+    t0, n_batches = time.time(), math.ceil(len(order) / args.gen_batch) * len(todo)
+    done = 0
+    for s in todo:
+        for b0 in range(0, len(order), args.gen_batch):
+            idx = order[b0:b0 + args.gen_batch]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - len(prompts[i]):], mask[r, width - len(prompts[i]):] = torch.tensor(prompts[i]), 1
+            torch.manual_seed(args.seed * 1_000_003 + 1000 * s + b0)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                     temperature=args.gen_temperature, top_k=0, top_p=1.0,
+                                     max_new_tokens=args.gen_tokens, pad_token_id=tokenizer.pad_token_id)
+            for r, i in enumerate(idx):
+                gen = out[r, width:].tolist()
+                if eos in gen:
+                    gen = gen[: gen.index(eos) + 1]  # keep the eos: the target's decision to stop is a label too
+                records.append(dict(prompt_index=i, sample=s, prompt_ids=torch.tensor(prompts[i], dtype=torch.int32),
+                                    gen_ids=torch.tensor(gen, dtype=torch.int32)))
+            done += 1
+            if not args.no_progress:
+                n = sum(len(r["gen_ids"]) for r in records)
+                print(f"  generate: batch {done}/{n_batches}, {n} tokens ({time.time() - t0:.0f} s)", flush=True)
+    records.sort(key=lambda r: (r["sample"], r["prompt_index"]))
     os.makedirs(os.path.dirname(DATA), exist_ok=True)
     torch.save(records, DATA)
     n = sum(len(r["gen_ids"]) for r in records)
@@ -104,24 +137,28 @@ def generate(args) -> None:
           f"-> {DATA} (sha256 {sha256(DATA)})")
 
 
-# ---- stage 2: the target's features ------------------------------------------------------------------------------
+# ---- stage 2: the target's features and distributions -------------------------------------------------------------
 AUX_LAYERS = (2, 15, 27)  # vLLM's default for a 30-layer target: (2, L // 2, L - 3)
 
 
 def features(args) -> None:
-    """The residual stream entering each AUX_LAYERS layer of the target, for every position of every record."""
+    """For every record, one prefill pass of the target over prompt + answer: the residual stream entering each
+    AUX_LAYERS layer at every position (the drafter's input) and the target's top-20 log-probabilities (temperature
+    1) at every answer position (the labels), both in bfloat16 compute (--feature-dtype)."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
     records = torch.load(DATA)
-    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=getattr(torch, args.feature_dtype)).eval()
     assert model.config.num_hidden_layers == 30, "AUX_LAYERS assume the 30-layer SmolLM2-135M"
-    t0, feats = time.time(), []
+    t0 = time.time()
+    order = sorted(range(len(records)), key=lambda i: len(records[i]["prompt_ids"]) + len(records[i]["gen_ids"]))
+    out_f, out_l = [None] * len(records), [None] * len(records)
     with torch.no_grad():
-        for i in range(0, len(records), 8):
-            batch = records[i:i + 8]
-            seqs = [torch.cat([r["prompt_ids"], r["gen_ids"]]).long() for r in batch]
+        for i in range(0, len(order), 16):
+            batch = order[i:i + 16]
+            seqs = [torch.cat([records[j]["prompt_ids"], records[j]["gen_ids"]]).long() for j in batch]
             width = max(len(x) for x in seqs)
             ids = torch.zeros(len(seqs), width, dtype=torch.long)
             mask = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -129,16 +166,27 @@ def features(args) -> None:
                 ids[b, : len(x)], mask[b, : len(x)] = x, 1
             hs = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             aux = torch.cat([hs[layer] for layer in AUX_LAYERS], dim=-1)  # hidden_states[i] enters layer i
-            feats += [aux[b, : len(x)].to(torch.bfloat16) for b, x in enumerate(seqs)]
-    torch.save(feats, FEATURES)
-    print(f"distill_draft: features of {len(feats)} sequences in {time.time() - t0:.0f} s -> {FEATURES}")
+            for b, (j, x) in enumerate(zip(batch, seqs)):
+                n_prompt = len(records[j]["prompt_ids"])
+                out_f[j] = aux[b, : len(x)].to(torch.bfloat16)
+                # the distribution of answer token m comes from position n_prompt - 1 + m
+                logits = model.lm_head(hs[-1][b, n_prompt - 1: len(x) - 1]).float()
+                top = torch.log_softmax(logits, -1).topk(TOP_K, -1)
+                out_l[j] = (top.indices.to(torch.int32), top.values)
+            if not args.no_progress and (i // 16) % 20 == 0:
+                print(f"  features: {i + len(batch)}/{len(records)} ({time.time() - t0:.0f} s)", flush=True)
+    for r, (ids_, lps) in zip(records, out_l):
+        r["top_ids"], r["top_logprobs"] = ids_, lps
+    torch.save(out_f, FEATURES)
+    torch.save([(r["top_ids"], r["top_logprobs"]) for r in records], LABELS)
+    print(f"distill_draft: features and labels of {len(out_f)} sequences in {time.time() - t0:.0f} s -> {FEATURES}")
 
 
 def features_current() -> bool:
-    """Whether FEATURES holds one entry per record of DATA."""
+    """Whether FEATURES and LABELS hold one entry per record of DATA."""
     import torch
 
-    return os.path.exists(FEATURES) and len(torch.load(FEATURES, mmap=True)) == len(torch.load(DATA))
+    return all(os.path.exists(p) and len(torch.load(p, mmap=True)) == len(torch.load(DATA)) for p in (FEATURES, LABELS))
 
 
 # ---- stage 3: the EAGLE-3 head ------------------------------------------------------------------------------------
@@ -246,10 +294,12 @@ def train(args) -> None:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    for path in (DATA, FEATURES):
+    for path in (DATA, FEATURES, LABELS):
         if not os.path.exists(path):
             raise SystemExit(f"distill_draft: {path} missing: run the generate / features stages first")
     records, feats = torch.load(DATA), torch.load(FEATURES)
+    for r, (top_ids, top_logprobs) in zip(records, torch.load(LABELS)):
+        r["top_ids"], r["top_logprobs"] = top_ids, top_logprobs
     target_cfg = AutoConfig.from_pretrained(TARGET)
     embed = LlamaForCausalLM.from_pretrained(TARGET, dtype=torch.float32).get_input_embeddings().weight.detach()
     vocab, coverage = draft_vocabulary(records, args.draft_vocab)
@@ -294,39 +344,57 @@ def train(args) -> None:
             lab_p.append(p)
         return aux, nxt, torch.cat(rows), torch.cat(cols), torch.cat(lab_ids), torch.cat(lab_p)
 
-    def loss_of(idx):
+    def loss_of(idx, temperature=None):
+        """The mean over draft steps of the cross-entropy against the target's top-20 distribution; with
+        ``temperature`` also, per draft step, the summed expected acceptance sum_x min(p_T(x), q_T(x)) of a draft
+        sampled from q_T (the target's top-20 renormalised, both at that temperature) and the number of positions."""
         aux, nxt, rows, cols, lab_ids, lab_p = batch_tensors(idx)
         b, n, _ = aux.shape
         pos = torch.arange(n).expand(b, n)
-        hidden = aux @ head.p["fc.weight"].T
-        total, keys, values = 0.0, None, None
-        for step in range(args.ttt_steps):
-            # Step s at input index t: token t + 1 + s and (s > 0) the pre-norm output of step s - 1 at t, at
-            # position t + s; it predicts the distribution of generated row j + s (index t predicts row j at s = 0).
-            normed, hidden, k, v = head.layer(embed[nxt[:, step:step + n]], hidden, pos + step, keys, values)
-            if keys is None:  # later steps see the first pass's keys (vLLM's cache) plus their own
-                keys, values = k, v
-            label = torch.arange(len(cols)) + step
-            valid = label < len(cols)
-            label = label.clamp(max=len(cols) - 1)
-            valid &= rows[label] == rows  # the answer is long enough
-            logq = torch.log_softmax(normed[rows[valid], cols[valid]] @ head.p["lm_head.weight"].T, -1)
-            nll = -(lab_p[label[valid]] * logq.gather(1, lab_ids[label[valid]])).sum(-1)
-            total = total + nll.mean()
-        return total / args.ttt_steps
+        total, keys, values, accept = 0.0, None, None, []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.train_dtype == "bfloat16"):
+            hidden = aux @ head.p["fc.weight"].T
+            for step in range(args.ttt_steps):
+                # Step s at input index t: token t + 1 + s and (s > 0) the pre-norm output of step s - 1 at t, at
+                # position t + s; it predicts the distribution of generated row j + s (index t predicts row j at
+                # s = 0).
+                normed, hidden, k, v = head.layer(embed[nxt[:, step:step + n]], hidden, pos + step, keys, values)
+                if keys is None:  # later steps see the first pass's keys (vLLM's cache) plus their own
+                    keys, values = k, v
+                label = torch.arange(len(cols)) + step
+                valid = label < len(cols)
+                label = label.clamp(max=len(cols) - 1)
+                valid &= rows[label] == rows  # the answer is long enough
+                logits = (normed[rows[valid], cols[valid]] @ head.p["lm_head.weight"].T).float()
+                ids_, p_ = lab_ids[label[valid]], lab_p[label[valid]]
+                nll = -(p_ * torch.log_softmax(logits, -1).gather(1, ids_)).sum(-1)
+                total = total + nll.mean()
+                if temperature is not None:
+                    q_t = torch.softmax(logits / temperature, -1).gather(1, ids_)
+                    p_t = p_.clamp(min=1e-30).pow(1 / temperature) * (p_ > 0)
+                    p_t = p_t / p_t.sum(-1, keepdim=True)
+                    accept.append((float(torch.minimum(p_t, q_t).sum()), int(valid.sum())))
+        return total / args.ttt_steps, accept
 
-    def valid_loss():
+    def evaluate():
+        """Held-out loss and expected acceptance per draft step at the serving temperature."""
         with torch.no_grad():
             held_idx = sorted(held)
-            return sum(float(loss_of(held_idx[i:i + args.batch])) for i in range(0, len(held_idx), args.batch)) / \
-                math.ceil(len(held_idx) / args.batch)
+            losses, acc = [], [[0.0, 0] for _ in range(args.ttt_steps)]
+            for i in range(0, len(held_idx), args.batch):
+                loss, accept = loss_of(held_idx[i:i + args.batch], args.gen_temperature)
+                losses.append(float(loss))
+                for a_, (s_, n_) in zip(acc, accept):
+                    a_[0] += s_
+                    a_[1] += n_
+            return sum(losses) / len(losses), [round(s_ / max(n_, 1), 4) for s_, n_ in acc]
 
     t0, step, history = time.time(), 0, []
     for epoch in range(args.epochs):
         order = train_idx[:]
         rng.shuffle(order)
         for i in range(0, len(order), args.batch):
-            loss = loss_of(order[i:i + args.batch])
+            loss, _ = loss_of(order[i:i + args.batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -335,9 +403,11 @@ def train(args) -> None:
             step += 1
             if step % 20 == 0 and not args.no_progress:
                 print(f"  step {step}/{total_steps} loss {float(loss):.3f} ({time.time() - t0:.0f} s)", flush=True)
-        history.append(dict(epoch=epoch + 1, valid_loss=round(valid_loss(), 4), seconds=round(time.time() - t0)))
-        print(f"distill_draft: epoch {epoch + 1}: held-out loss {history[-1]['valid_loss']:.3f} "
-              f"({history[-1]['seconds']} s)", flush=True)
+        v_loss, v_accept = evaluate()
+        history.append(dict(epoch=epoch + 1, valid_loss=round(v_loss, 4), valid_accept_per_step=v_accept,
+                            seconds=round(time.time() - t0)))
+        print(f"distill_draft: epoch {epoch + 1}: held-out loss {v_loss:.3f}, expected acceptance per draft step "
+              f"at T={args.gen_temperature} {v_accept} ({history[-1]['seconds']} s)", flush=True)
     train_s = time.time() - t0
     os.makedirs(DRAFT, exist_ok=True)
     weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in head.p.items()}
@@ -358,7 +428,11 @@ def train(args) -> None:
     info = dict(kind="EAGLE-3 head", target=os.path.relpath(TARGET, ROOT), parameters=n_params,
                 draft_vocab=len(vocab), draft_vocab_coverage=round(coverage, 4), aux_layers=list(AUX_LAYERS),
                 epochs=args.epochs, batch=args.batch, lr=args.lr, ttt_steps=args.ttt_steps, seed=args.seed,
-                threads=args.threads, data_sha256=sha256(DATA), train_answers=len(train_idx),
+                threads=args.threads, train_dtype=args.train_dtype,
+                data=dict(generator=f"transformers, {GEN_DTYPE}", samples_per_prompt=args.samples,
+                          temperature=args.gen_temperature, max_tokens=args.gen_tokens,
+                          features_and_labels=f"one prefill pass, {args.feature_dtype}"),
+                data_sha256=sha256(DATA), train_answers=len(train_idx),
                 train_tokens=sum(len(records[i]["gen_ids"]) for i in train_idx), history=history,
                 train_seconds=round(train_s), weights_sha256=sha256(os.path.join(DRAFT, "model.safetensors")))
     with open(os.path.join(DRAFT, "training_info.json"), "w") as f:
@@ -373,8 +447,12 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=2, help="answers per prompt (different seeds)")
     ap.add_argument("--gen-tokens", type=int, default=192)
     ap.add_argument("--gen-temperature", type=float, default=0.9)
+    ap.add_argument("--gen-batch", type=int, default=64, help="prompts sampled together")
+    ap.add_argument("--feature-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--draft-vocab", type=int, default=8192)
-    ap.add_argument("--ttt-steps", type=int, default=2, help="draft steps unrolled in training (1: teacher forcing)")
+    ap.add_argument("--train-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                    help="matmul precision (autocast); the weights and the optimiser stay float32")
+    ap.add_argument("--ttt-steps", type=int, default=3, help="draft steps unrolled in training (1: teacher forcing)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -383,15 +461,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.stage == "generate":
+    if args.stage in ("all", "generate"):
         generate(args)
-    elif args.stage == "all":
-        # In its own process: the vLLM engine (and its worker) must be gone before training takes the cores.
-        import subprocess
-
-        cmd = [sys.executable, "-m", "scripts.distill_draft", "--stage", "generate", "--samples", str(args.samples),
-               "--gen-tokens", str(args.gen_tokens), "--gen-temperature", str(args.gen_temperature)]
-        subprocess.run(cmd + (["--no-progress"] if args.no_progress else []), cwd=ROOT, check=True)
     if args.stage == "features" or (args.stage == "all" and not features_current()):
         features(args)
     if args.stage in ("all", "train"):

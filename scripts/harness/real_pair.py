@@ -1,5 +1,5 @@
 """The real pair and how it is served: the one place the benchmarks, the distillation and the e2e test read it from
-(``make serve-real`` in the Makefile spells the same values; keep them together).
+(``make serve`` in the Makefile spells the same values; keep them together).
 
 ``DTYPE``: float32. Measured 2026-12-02 on the 2-core AMD EPYC with AVX2 and no AVX-512 (docs/benchmarks.md):
 bfloat16 gained little without speculation (11.5 against 10.9 tok/s) and halved the speed with the EAGLE-3 head (6.2

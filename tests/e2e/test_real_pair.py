@@ -1,4 +1,4 @@
-"""`vllm serve` on the real pair, as `make serve-real` runs it: SmolLM2-135M-Instruct (float32) with its EAGLE-3 draft,
+"""`vllm serve` on the real pair, as `make serve` runs it: SmolLM2-135M-Instruct (float32) with its EAGLE-3 draft,
 probabilistic drafting, EARS alpha 0.3. One server for the module (~1 min to start on 2 cores).
 
 What is checked: the OpenAI chat API answers; on uncertain creative prompts at T = 0.9 the target's mean uncertainty

@@ -10,7 +10,7 @@ Three stages, each deterministic (fixed seeds, fixed order, fixed thread count),
    entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
    (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3), and (b) the target's top-20 log-probabilities
    (temperature 1) at every answer position: the distillation labels. Labels from a prefill pass cost a fraction of
-   a generated token (about 2300 prefill tokens/s here against 250 generated).
+   a generated token (stage times in docs/models.md: 841 s to generate, 152 s to prefill the same text).
 3. ``train``: the EAGLE-3 head exactly as vLLM runs it (``vllm/model_executor/models/llama_eagle3.py``): ``fc``
    maps the three features (3 x 576) to 576; one decoder layer takes the RMS-normalised embedding of the next token
    (the target's own embedding table, shared and frozen) concatenated with the normalised ``fc`` output (2 x 576)
@@ -85,9 +85,9 @@ def generate(args) -> None:
 
     transformers samples them (bfloat16, ``--gen-batch`` prompts at a time sorted by length, left-padded, pure
     sampling at ``--gen-temperature``, the generator reseeded per batch from ``--seed``, the sample and the batch).
-    Not vLLM: on this CPU its engine keeps one of the two cores and generated ~60 tokens/s (float32, 64 requests in
-    flight, 2026-12-02), transformers in bfloat16 ~320 tokens/s on a CPU with AVX-512 BF16. The draft only needs
-    text the target writes; its labels and features come from one prefill pass (stage 2)."""
+    Not vLLM: on a 2-core CPU its engine keeps one of the cores; it generated ~60 tokens/s (float32, 64 requests in
+    flight, AVX2 machine, 2026-12-02), transformers in bfloat16 ~250 tokens/s (AVX-512 BF16 machine; docs/models.md).
+    The draft only needs text the target writes; its labels and features come from one prefill pass (stage 2)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -175,10 +175,8 @@ def features(args) -> None:
                 out_l[j] = (top.indices.to(torch.int32), top.values)
             if not args.no_progress and (i // 16) % 20 == 0:
                 print(f"  features: {i + len(batch)}/{len(records)} ({time.time() - t0:.0f} s)", flush=True)
-    for r, (ids_, lps) in zip(records, out_l):
-        r["top_ids"], r["top_logprobs"] = ids_, lps
     torch.save(out_f, FEATURES)
-    torch.save([(r["top_ids"], r["top_logprobs"]) for r in records], LABELS)
+    torch.save(out_l, LABELS)
     print(f"distill_draft: features and labels of {len(out_f)} sequences in {time.time() - t0:.0f} s -> {FEATURES}")
 
 
@@ -441,7 +439,9 @@ def train(args) -> None:
     print(f"distill_draft: saved {DRAFT} ({train_s:.0f} s of training)")
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """The command line; its defaults are the settings of the committed head (tests/test_models.py checks them
+    against its training_info.json, so that ``make draft-retrain`` retrains that head)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", choices=("all", "generate", "features", "train"), default="all")
     ap.add_argument("--samples", type=int, default=2, help="answers per prompt (different seeds)")
@@ -453,14 +453,18 @@ def main(argv=None):
     ap.add_argument("--train-dtype", default="bfloat16", choices=("bfloat16", "float32"),
                     help="matmul precision (autocast); the weights and the optimiser stay float32")
     ap.add_argument("--ttt-steps", type=int, default=3, help="draft steps unrolled in training (1: teacher forcing)")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.stage in ("all", "generate"):
         generate(args)
     if args.stage == "features" or (args.stage == "all" and not features_current()):

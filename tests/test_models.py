@@ -114,3 +114,19 @@ def test_vllm_loads_pair():
                         SamplingParams(temperature=0, max_tokens=100))
     texts = [o.outputs[0].text for o in outs]
     assert all("####" in t for t in texts), texts
+
+
+def test_distill_defaults_are_the_committed_heads():
+    """`make draft-retrain` runs scripts.distill_draft with its defaults: they must be the settings recorded with the
+    committed EAGLE-3 head, or a retrain makes a different head than the one documented and measured."""
+    from scripts import distill_draft
+
+    info = json.loads((MODELS / "smollm2-eagle3" / "training_info.json").read_text())
+    args = distill_draft.parser().parse_args([])
+    recorded = dict(epochs=info["epochs"], batch=info["batch"], lr=info["lr"], ttt_steps=info["ttt_steps"],
+                    seed=info["seed"], threads=info["threads"], train_dtype=info["train_dtype"],
+                    draft_vocab=info["draft_vocab"], samples=info["data"]["samples_per_prompt"],
+                    gen_temperature=info["data"]["temperature"], gen_tokens=info["data"]["max_tokens"])
+    assert {k: getattr(args, k) for k in recorded} == recorded
+    assert info["data"]["features_and_labels"].endswith(args.feature_dtype)
+    assert info["data"]["generator"].endswith(distill_draft.GEN_DTYPE)

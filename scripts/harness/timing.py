@@ -44,6 +44,7 @@ def device_name(device: str) -> str:
                     name = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
+                if line == "\n":  # the end of the first processor's block
                     break
     except OSError:
         pass

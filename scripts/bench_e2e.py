@@ -61,6 +61,11 @@ def main(argv=None):
     ap.add_argument("--draft-sample-method", choices=("greedy", "probabilistic"), default=None)
     ap.add_argument("--max-tokens", type=int, default=None, help="default 160 (gsm), 128 otherwise")
     ap.add_argument("--max-model-len", type=int, default=None, help="default 512 (gsm), 1536 otherwise")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="creative / grounded: the engines' dtype (default: the real pair's, float32)")
+    ap.add_argument("--compile", action="store_true",
+                    help="creative / grounded: let vLLM compile the model (its CPU default, torch.compile with "
+                         "inductor) instead of enforce_eager")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=1,
                     help="timed passes per arm inside each engine, round-robin over the arms (same prompts and "

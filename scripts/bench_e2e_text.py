@@ -45,7 +45,7 @@ COLUMNS = ["timestamp", "device", "load1", "workload", "target", "draft", "metho
            "mean_accept_len", "accept_rate", "tolerance_share", "mean_uncertainty", "tv_cost_per_draft",
            "tv_cost_per_token", "loglik_per_token", "d_loglik", "d_loglik_lo", "d_loglik_hi", "distinct2",
            "d_distinct2", "d_distinct2_lo", "d_distinct2_hi", "mean_len", "d_len", "d_len_lo", "d_len_hi",
-           "startup_s"]
+           "startup_s", "dtype", "compiled"]
 
 
 def distinct2(ids: list[int]) -> float:
@@ -73,6 +73,8 @@ def run(args) -> list[dict]:
     method = args.methods or wl["method"]
     samplers = args.samplers.split(",")
     k = args.k if args.k is not None else 4
+    dtype = args.dtype or DTYPE
+    eager = not args.compile
     out_csv = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", f"bench_e2e_{args.workload}.csv")
     csv_out = timing.LongCsv(out_csv, COLUMNS)
     device = timing.device_name("cpu")
@@ -88,7 +90,8 @@ def run(args) -> list[dict]:
             arms.append(("ears", [dict(temperature=temperature, alpha=a, seed=args.seed) for a in alphas]))
         results = []
         for sampler, runs in timing.progress(arms, desc=f"{args.workload} c={conc}"):
-            job = dict(target=target, prompts=prompts, max_tokens=args.max_tokens, dtype=DTYPE, chat=True,
+            job = dict(target=target, prompts=prompts, max_tokens=args.max_tokens, dtype=dtype, chat=True,
+                       enforce_eager=eager,
                        return_ids=True, max_model_len=args.max_model_len,
                        runs=[dict(r, pass_idx=p) for p in range(args.passes) for r in runs],
                        engine_kwargs=dict(max_num_seqs=conc),
@@ -162,7 +165,7 @@ def run(args) -> list[dict]:
                        d_loglik_hi=d_ll[2], distinct2=statistics.fmean(a["distinct2"]), d_distinct2=d_distinct[0],
                        d_distinct2_lo=d_distinct[1], d_distinct2_hi=d_distinct[2],
                        mean_len=statistics.fmean(a["length"]), d_len=d_len[0], d_len_lo=d_len[1], d_len_hi=d_len[2],
-                       startup_s=a["startup_s"])
+                       startup_s=a["startup_s"], dtype=dtype, compiled=not eager)
             csv_out.write(row)
             rows.append(row)
         print_table([r for r in rows if r["concurrency"] == conc])

@@ -210,3 +210,16 @@ def test_eval_accuracy_quick_server_mode(tmp_path):
     assert float(by_alpha["0.3"]["delta_pts"]) == -50.0
     assert float(by_alpha["0.3"]["delta_lo"]) < -50.0 < float(by_alpha["0.3"]["delta_hi"])
     assert "acc. change pts" in proc.stdout and set(seen) == {0.0, 0.3}
+
+
+@pytest.mark.vllm
+def test_bench_draft_sampling_quick_csv(tmp_path):
+    """bench_draft_sampling times vLLM's draft sampling and the plugin's on the same logits, one thread."""
+    out = tmp_path / "ds.csv"
+    _run(["bench_draft_sampling", "--quick", "--out", str(out)])
+    rows = _rows(out)
+    assert {r["provider"] for r in rows} == {"vllm", "ears_plugin"}
+    for r in rows:
+        assert 0 < float(r["ms_min"]) <= float(r["ms_p50"]) <= float(r["ms_max"])
+        assert int(r["threads"]) == 1 and r["device"] and r["vllm"]
+    assert [float(r["ratio_to_vllm"]) for r in rows if r["provider"] == "vllm"] == [1.0]

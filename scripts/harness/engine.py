@@ -78,9 +78,9 @@ def tpot_s(out) -> float:
 
 def engine_worker(job_path: str, out_path: str) -> None:
     """Job keys: target, prompts, max_tokens, runs, speculative_config; optional max_model_len, dtype (float32),
-    engine_kwargs, chat (apply the chat template to each prompt), return_ids (prompt and output token ids per
-    request), score (instead of runs: [[prompt_ids, output_ids], ...] -> the target's log-likelihood of each
-    output, from prompt logprobs)."""
+    enforce_eager (True; False lets vLLM compile the model), engine_kwargs, chat (apply the chat template to each
+    prompt), return_ids (prompt and output token ids per request), score (instead of runs: [[prompt_ids,
+    output_ids], ...] -> the target's log-likelihood of each output, from prompt logprobs)."""
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with open(job_path) as f:
@@ -95,7 +95,7 @@ def engine_worker(job_path: str, out_path: str) -> None:
     # runs stay comparable). Same settings in every arm.
     engine_kwargs = dict(enable_chunked_prefill=False, max_num_batched_tokens=32768)
     engine_kwargs.update(job.get("engine_kwargs") or {})
-    llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=True,
+    llm = LLM(job["target"], speculative_config=job["speculative_config"], enforce_eager=job.get("enforce_eager", True),
               dtype=job.get("dtype", "float32"), max_model_len=job.get("max_model_len", 512), disable_log_stats=False,
               seed=0, **engine_kwargs)
     startup_s = time.perf_counter() - t0

@@ -62,11 +62,24 @@ def complete(server: Server, prompts=PROMPTS, *, temperature: float, alpha: floa
     return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
 
 
-def measured(server: Server, seeds=ACCEPTANCE_SEEDS, **kw) -> tuple[float, dict, dict]:
-    """Acceptance rate (from /metrics) over ACCEPTANCE_PROMPTS x seeds, 64 tokens each (~3300 drafts per seed)."""
+def measured(server: Server, seeds=ACCEPTANCE_SEEDS, *, temperature: float, alpha: float | None = None
+             ) -> tuple[float, dict, dict]:
+    """Acceptance rate (from /metrics) over ACCEPTANCE_PROMPTS x seeds, 64 tokens each (~3300 drafts per seed). Every
+    prompt is its own request with its own seed (seed * 1000 + its index): one seed shared by a batch of prompts,
+    some of them repeated, makes trajectories repeat and the rate far noisier than its draft count says."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    extra = {"vllm_xargs": {"ears_alpha": alpha}} if alpha is not None else None
+
+    def one(job):
+        seed, i, prompt = job
+        client(server).completions.create(model=TARGET, prompt=prompt, max_tokens=64, temperature=temperature,
+                                          seed=seed * 1000 + i, extra_body=extra)
+
     before = server.metrics()
-    for seed in seeds:
-        complete(server, ACCEPTANCE_PROMPTS, seed=seed, max_tokens=64, **kw)
+    jobs = [(seed, i, p) for seed in seeds for i, p in enumerate(ACCEPTANCE_PROMPTS)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, jobs))
     after = server.metrics()
     return acceptance(after, before), before, after
 
@@ -109,29 +122,32 @@ def test_completions_chat_streaming(servers, name):
 
 
 # ---- what EARS does to acceptance ------------------------------------------------------------------------------
-def test_temperature_1_ears_accepts_more_than_standard(servers):
-    """Same prompts and seeds on both servers. Measured on the bundled pair (offline, per-request alpha, 4 seeds of
-    80 prompts x 64 tokens, ~3300 drafts per seed and arm): standard 0.70-0.73, alpha 0.3 0.72-0.73, a gain of
-    +0.019 on average (+0.003 to +0.028 per seed; the target is confident, so the tolerance alpha*h is small). Over 4
-    seeds (~13000 drafts per arm) each rate has sigma = sqrt(0.72 * 0.28 / 13000) ~ 0.004, the difference ~ 0.0055:
-    the expected gain is ~3.5 sigma (one-sided false failure ~2e-4), while a sampler that ignored alpha shows none.
-    Trajectories differ between the servers, so this compares rates, not paths; the pathwise property is tested in
-    tests/test_statistics.py."""
+def test_temperature_1_ears_accepts_more_than_alpha_0(servers):
+    """alpha 0.3 against alpha 0 (the standard rule, token for token: tests/e2e/test_sampler_inprocess.py) on the same
+    server, prompts and seeds, so the two arms share the sampler's random streams and differ by the tolerance.
+    Measured offline on the bundled pair (2026-12-03, 4 seeds x 80 prompts x 64 tokens, ~13000 drafts per arm):
+    alpha 0 0.699, alpha 0.3 0.721 with a seed per prompt (0.690 / 0.708 with one seed per batch); earlier, per seed,
+    gains of +0.003 to +0.028 (mean +0.019, so a per-seed sd of about 0.01 and about 0.005 for the 4-seed mean). The
+    expected gain is then ~3.5 sd above 0 (one-sided false failure ~2e-4), while a sampler that ignored alpha shows
+    none. Trajectories diverge once a draft is accepted by the tolerance, so this compares rates; the pathwise
+    property is tested in tests/test_statistics.py."""
     ears, before, after = measured(servers["ears"], temperature=1.0)
+    a0, _, _ = measured(servers["ears"], temperature=1.0, alpha=0.0)
     std, _, _ = measured(servers["standard"], temperature=1.0)
-    print(f"acceptance at T=1: EARS alpha 0.3 {ears:.3f}, standard {std:.3f}")
-    assert ears > std
+    print(f"acceptance at T=1: EARS alpha 0.3 {ears:.3f}, alpha 0 {a0:.3f}, standard server {std:.3f}")
+    assert ears > a0
     assert delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total") > 0
-
-
-def test_temperature_1_alpha_0_equals_standard(servers):
-    """alpha 0 is the standard rule (token-for-token in tests/e2e/test_sampler_inprocess.py); across servers the rates
-    agree within 0.03: with 2 seeds (~6600 drafts per arm) the difference has sigma ~ 0.008, so 0.03 is > 3.5 sigma."""
-    a0, before, after = measured(servers["ears"], seeds=(5, 6), temperature=1.0, alpha=0.0)
-    std, _, _ = measured(servers["standard"], seeds=(5, 6), temperature=1.0)
-    print(f"acceptance at T=1: EARS alpha 0 {a0:.3f}, standard {std:.3f}")
-    assert delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total") == 0
+    # alpha 0 is the standard rule on another implementation: across servers the lossless rates agree within 0.03
+    # (offline 2026-12-03, a seed per prompt: 0.699 against 0.702; ~13000 drafts per arm give each rate a binomial sd
+    # of 0.004, so the difference ~0.006, and 0.03 is ~5 sd; sequence correlation inflates that by ~1.5x).
     assert abs(a0 - std) <= 0.03
+
+
+def test_temperature_1_alpha_0_costs_nothing(servers):
+    """alpha 0 never accepts by the tolerance (its counter stays 0)."""
+    _, before, after = measured(servers["ears"], seeds=(5,), temperature=1.0, alpha=0.0)
+    assert delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total") == 0
+    assert delta(after, before, "vllm:spec_decode_num_draft_tokens_total") > 0
 
 
 @pytest.mark.parametrize("name", ["ears", "nospec"])

@@ -4,8 +4,9 @@ which vLLM versions, and what upstream change would remove it.
 
 Active without EARS (they fix vLLM itself, whichever rejection sampler is configured): ``cpu_triton_utils``
 (per-token sampling parameters on CPU), ``gpu_model_runner`` job 2 (seeded requests on CPU) and job 3 with
-``spec_decode_base_proposer`` (seeded probabilistic drafts), ``spec_decoding_stats`` (four extra fields, 0 without
-EARS), ``sampling_params`` (for requests that set ``ears_alpha``).
+``spec_decode_base_proposer`` (seeded probabilistic drafts), ``draft_sampling_cpu`` (CPU draft tokens by inverse
+CDF), ``spec_decoding_stats`` (four extra fields, 0 without EARS), ``sampling_params`` (for requests that set
+``ears_alpha``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ._patch import when_imported
 def install() -> None:
     from . import (
         cpu_triton_utils,
+        draft_sampling_cpu,
         engine_args,
         gpu_model_runner,
         gpu_model_runner_v2,
@@ -42,5 +44,6 @@ def install() -> None:
     # Workers.
     when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils.apply)
     when_imported("vllm.v1.spec_decode.llm_base_proposer", spec_decode_base_proposer.apply)
+    when_imported("vllm.v1.spec_decode.llm_base_proposer", draft_sampling_cpu.apply)
     when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)
     when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner_v2.apply)

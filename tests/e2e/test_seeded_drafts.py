@@ -14,24 +14,20 @@ import types
 import pytest
 import torch
 
+from .conftest import sampling_metadata as metadata
+
 pytestmark = pytest.mark.vllm
 
 VOCAB = 1000
 
 
 @pytest.fixture(scope="module")
-def vllm_parts():
-    pytest.importorskip("vllm")
-    from ears_vllm.vllm_plugin import register
-
-    register()
-    import vllm.v1.spec_decode.llm_base_proposer as module  # the plugin patches it on import
-
+def vllm_parts(llm_base_proposer):
     from ears_vllm.vllm_plugin.patches import spec_decode_base_proposer as patch
     from ears_vllm.vllm_plugin.patches._patch import MARK
 
-    assert hasattr(module.SpecDecodeBaseProposer._sample_from_logits, MARK)
-    return module, patch
+    assert hasattr(llm_base_proposer.SpecDecodeBaseProposer._sample_from_logits, MARK)
+    return llm_base_proposer, patch
 
 
 def proposer(vllm_parts, keys=None):
@@ -42,20 +38,6 @@ def proposer(vllm_parts, keys=None):
     p.use_fp64_gumbel = False
     setattr(p, patch.KEYS_ATTR, keys)
     return p
-
-
-def metadata(temps: list[float], seeds: dict[int, int] | None = None):
-    from vllm.v1.sample.logits_processor import LogitsProcessors
-    from vllm.v1.sample.metadata import SamplingMetadata
-
-    b = len(temps)
-    return SamplingMetadata(
-        temperature=torch.tensor(temps, dtype=torch.float32), all_greedy=all(t == 0 for t in temps),
-        all_random=all(t > 0 for t in temps), top_p=None, top_k=None,
-        generators={i: torch.Generator().manual_seed(s) for i, s in (seeds or {}).items()},
-        max_num_logprobs=None, no_penalties=True, prompt_token_ids=None, frequency_penalties=torch.zeros(b),
-        presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b), output_token_ids=[[] for _ in range(b)],
-        allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors(), spec_token_ids=None)
 
 
 def keys(vllm_parts, lengths: dict[int, int], calls: int = 0):

@@ -3,14 +3,15 @@
 Three stages, each deterministic (fixed seeds, fixed order, fixed thread count), each cached in ``.cache/distill/``
 (ignored by git; SHA-256s recorded in ``training_info.json``):
 
-1. ``generate``: transformers runs the target (bfloat16) and answers every prompt of ``data/prompts_distill.jsonl``
-   (chat template applied) ``--samples`` times at temperature ``--gen-temperature``, pure sampling, the generator
-   reseeded per batch: the text the draft learns on (the target's own).
+1. ``generate``: the target (transformers, bfloat16, a KV-cached decode loop: ``sample_answers``) answers every
+   prompt of ``data/prompts_distill.jsonl`` (chat template applied) ``--samples`` times at temperature
+   ``--gen-temperature``, pure sampling, the generator reseeded per batch: the text the draft learns on (the
+   target's own).
 2. ``features``: one prefill pass of the target (bfloat16) over every prompt + answer keeps (a) the residual stream
    entering layers 2, 15 and 27: the "auxiliary hidden states" vLLM hands an EAGLE-3 drafter
    (``get_eagle3_default_aux_hidden_state_layers``: 2, L/2, L-3), and (b) the target's top-20 log-probabilities
    (temperature 1) at every answer position: the distillation labels. Labels from a prefill pass cost a fraction of
-   a generated token (stage times in docs/models.md: 841 s to generate, 152 s to prefill the same text).
+   a generated token (stage times in docs/models.md: 973 s to generate 314k tokens, 322 s to prefill them).
 3. ``train``: the EAGLE-3 head exactly as vLLM runs it (``vllm/model_executor/models/llama_eagle3.py``): ``fc``
    maps the three features (3 x 576) to 576; one decoder layer takes the RMS-normalised embedding of the next token
    (the target's own embedding table, shared and frozen) concatenated with the normalised ``fc`` output (2 x 576)
@@ -27,9 +28,9 @@ Three stages, each deterministic (fixed seeds, fixed order, fixed thread count),
 
 bfloat16 and the served float32: the target is served in float32 (``scripts/harness/real_pair.py``), but generating
 and prefilling in bfloat16 is 1.5x and 5x faster on a CPU with AVX-512 BF16 (measured 2026-12-02), which is what
-fits the pipeline in about 30 minutes. So the draft is trained on bfloat16 features and labels and served on float32
-ones; the acceptance measured in vLLM (docs/models.md) is with the served float32 target, so it includes that
-mismatch. On a CPU without AVX-512 BF16 every stage is slower (not measured).
+fits the pipeline in about half an hour (33.5 min, docs/models.md). So the draft is trained on bfloat16 features and
+labels and served on float32 ones; the acceptance measured in vLLM (docs/models.md) is with the served float32
+target, so it includes that mismatch. On a CPU without AVX-512 BF16 every stage is slower (not measured).
 
 Why EAGLE-3 and not an independent small model: on this CPU the draft runs K times per verification step, so each
 draft forward must cost a few % of a target forward. A small independent model (hidden 192, 2 layers, own
@@ -80,14 +81,47 @@ def chat_prompt(tokenizer, prompt: str) -> str:
 GEN_DTYPE = "bfloat16"  # see generate()
 
 
+def sample_answers(model, ids, mask, max_new_tokens: int, temperature: float, eos: int, pad: int):
+    """Pure sampling at ``temperature`` from ``model`` for a left-padded batch ``ids`` / ``mask``: [batch, <= max]
+    new token ids, each row padded with ``pad`` after its eos; stops when every row has its eos.
+
+    A plain KV-cached decode loop instead of ``model.generate``: on this CPU (transformers 5, bfloat16, batch 64,
+    measured 2026-12-03) ``generate`` spent 24 % of its time in ``exponential_`` (its ``multinomial`` over 49152
+    tokens per row) and 29 % in SDPA attention; the inverse-CDF draw from one uniform per row
+    (``ears_vllm._common.sample_inverse_cdf``, exact) and eager attention (chosen by the caller) took it from 248 to
+    585 tokens/s. Draws come from the global generator, one float64 uniform per row and step."""
+    import torch
+    from transformers import DynamicCache
+
+    from ears_vllm._common import sample_inverse_cdf
+
+    batch = ids.shape[0]
+    cache, out, done = DynamicCache(), [], torch.zeros(batch, dtype=torch.bool)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(logits.float() / temperature, -1)
+        tok = sample_inverse_cdf(probs, torch.rand(batch, dtype=torch.float64)).masked_fill(done, pad)
+        out.append(tok)
+        done |= tok == eos
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], -1)
+        pos = pos[:, -1:] + 1
+        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits[:, -1]
+    return torch.stack(out, 1)
+
+
 def generate(args) -> None:
     """Answers for samples 0 .. --samples - 1 of every prompt; samples already in DATA are kept, not redone.
 
-    transformers samples them (bfloat16, ``--gen-batch`` prompts at a time sorted by length, left-padded, pure
-    sampling at ``--gen-temperature``, the generator reseeded per batch from ``--seed``, the sample and the batch).
-    Not vLLM: on a 2-core CPU its engine keeps one of the cores; it generated ~60 tokens/s (float32, 64 requests in
-    flight, AVX2 machine, 2026-12-02), transformers in bfloat16 ~250 tokens/s (AVX-512 BF16 machine; docs/models.md).
-    The draft only needs text the target writes; its labels and features come from one prefill pass (stage 2)."""
+    The target samples them (transformers, bfloat16, eager attention, ``--gen-batch`` prompts at a time sorted by
+    length, left-padded, pure sampling at ``--gen-temperature`` by ``sample_answers``, the generator reseeded per
+    batch from ``--seed``, the sample and the batch). Not vLLM: on a 2-core CPU its engine keeps one of the cores; it
+    generated ~60 tokens/s (float32, 64 requests in flight, AVX2 machine, 2026-12-02). The draft only needs text the
+    target writes; its labels and features come from one prefill pass (stage 2)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -98,8 +132,8 @@ def generate(args) -> None:
     if not todo:
         return
     tokenizer = AutoTokenizer.from_pretrained(TARGET)
-    tokenizer.padding_side = "left"
-    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=getattr(torch, GEN_DTYPE)).eval()
+    model = LlamaForCausalLM.from_pretrained(TARGET, dtype=getattr(torch, GEN_DTYPE), attn_implementation="eager")
+    model.eval()
     prompts = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
                for p in load_prompts(PROMPTS)]
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
@@ -116,11 +150,10 @@ def generate(args) -> None:
                 ids[r, width - len(prompts[i]):], mask[r, width - len(prompts[i]):] = torch.tensor(prompts[i]), 1
             torch.manual_seed(args.seed * 1_000_003 + 1000 * s + b0)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                     temperature=args.gen_temperature, top_k=0, top_p=1.0,
-                                     max_new_tokens=args.gen_tokens, pad_token_id=tokenizer.pad_token_id)
+                out = sample_answers(model, ids, mask, args.gen_tokens, args.gen_temperature, eos,
+                                     tokenizer.pad_token_id)
             for r, i in enumerate(idx):
-                gen = out[r, width:].tolist()
+                gen = out[r].tolist()
                 if eos in gen:
                     gen = gen[: gen.index(eos) + 1]  # keep the eos: the target's decision to stop is a label too
                 records.append(dict(prompt_index=i, sample=s, prompt_ids=torch.tensor(prompts[i], dtype=torch.int32),
@@ -427,7 +460,8 @@ def train(args) -> None:
                 draft_vocab=len(vocab), draft_vocab_coverage=round(coverage, 4), aux_layers=list(AUX_LAYERS),
                 epochs=args.epochs, batch=args.batch, lr=args.lr, ttt_steps=args.ttt_steps, seed=args.seed,
                 threads=args.threads, train_dtype=args.train_dtype,
-                data=dict(generator=f"transformers, {GEN_DTYPE}", samples_per_prompt=args.samples,
+                data=dict(generator=f"transformers, {GEN_DTYPE}",
+                          sampler="sample_answers (eager attention, inverse CDF)", samples_per_prompt=args.samples,
                           temperature=args.gen_temperature, max_tokens=args.gen_tokens,
                           features_and_labels=f"one prefill pass, {args.feature_dtype}"),
                 data_sha256=sha256(DATA), train_answers=len(train_idx),
@@ -444,7 +478,7 @@ def parser() -> argparse.ArgumentParser:
     against its training_info.json, so that ``make draft-retrain`` retrains that head)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", choices=("all", "generate", "features", "train"), default="all")
-    ap.add_argument("--samples", type=int, default=2, help="answers per prompt (different seeds)")
+    ap.add_argument("--samples", type=int, default=3, help="answers per prompt (different seeds)")
     ap.add_argument("--gen-tokens", type=int, default=192)
     ap.add_argument("--gen-temperature", type=float, default=0.9)
     ap.add_argument("--gen-batch", type=int, default=64, help="prompts sampled together")
@@ -453,7 +487,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-dtype", default="bfloat16", choices=("bfloat16", "float32"),
                     help="matmul precision (autocast); the weights and the optimiser stay float32")
     ap.add_argument("--ttt-steps", type=int, default=3, help="draft steps unrolled in training (1: teacher forcing)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=30)

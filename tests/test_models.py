@@ -130,3 +130,61 @@ def test_distill_defaults_are_the_committed_heads():
     assert {k: getattr(args, k) for k in recorded} == recorded
     assert info["data"]["features_and_labels"].endswith(args.feature_dtype)
     assert info["data"]["generator"].endswith(distill_draft.GEN_DTYPE)
+
+
+@pytest.fixture(scope="module")
+def eager_target():
+    return transformers.LlamaForCausalLM.from_pretrained(MODELS / "target", dtype="float32",
+                                                         attn_implementation="eager").eval()
+
+
+def _left_padded(tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_distill_sampler_greedy_limit_matches_unpadded_generate(tok, eager_target):
+    """distill_draft.sample_answers (the draft's training text) on a left-padded batch: at temperature 1e-4 it is
+    the argmax, so each row must be transformers' greedy answer to that prompt alone (no padding), token for token
+    up to and including eos, then padding: this checks its KV cache, positions and padding mask."""
+    from scripts.distill_draft import sample_answers
+
+    rows = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[:6]
+    prompts = [task.format_prompt(r["question"]) for r in rows]
+    ids, mask = _left_padded(tok, prompts)
+    assert len(set(mask.sum(-1).tolist())) > 1  # prompts of different lengths: padding is exercised
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = sample_answers(eager_target, ids, mask, 60, 1e-4, tok.eos_token_id, tok.pad_token_id)
+    ended = 0
+    for r, prompt in enumerate(prompts):
+        enc = tok([prompt], return_tensors="pt")
+        with torch.no_grad():
+            ref = eager_target.generate(**enc, max_new_tokens=60, do_sample=False, pad_token_id=tok.pad_token_id)
+        ref = ref[0, enc["input_ids"].shape[1]:].tolist()
+        got = out[r].tolist()
+        assert got[: len(ref)] == ref, (r, tok.decode(got), tok.decode(ref))
+        if tok.eos_token_id in ref:
+            ended += 1
+            assert all(t == tok.pad_token_id for t in got[len(ref):])
+    assert ended >= 4  # the bundled target ends its answers with eos within 60 tokens
+
+
+def test_distill_sampler_draws_from_the_tempered_distribution(tok, eager_target):
+    """20000 first tokens of one prompt at T = 0.8: every token's frequency within 4.5 sigma of
+    softmax(logits / 0.8) (sigma = sqrt(p (1 - p) / n); an exact sampler fails one of the 860 tokens with probability
+    < 860 x 6.8e-6 = 0.6%, and the seed is fixed). Dropping the temperature moves the likeliest token by far more."""
+    from scripts.distill_draft import sample_answers
+
+    n = 20000
+    ids, mask = _left_padded(tok, ["Question: Tom has 5 cards. He buys 3 more. How many cards?\nAnswer:"])
+    with torch.no_grad():
+        p = torch.softmax(eager_target(input_ids=ids, attention_mask=mask).logits[0, -1].double() / 0.8, -1)
+        torch.manual_seed(3)
+        out = sample_answers(eager_target, ids.expand(n, -1), mask.expand(n, -1), 1, 0.8, tok.eos_token_id,
+                             tok.pad_token_id)
+    assert out.shape == (n, 1)
+    freq = torch.bincount(out[:, 0], minlength=p.numel()).double() / n
+    sigma = (p * (1 - p) / n).sqrt()
+    assert bool(((freq - p).abs() <= 4.5 * sigma + 1e-12).all()), float(((freq - p).abs() / sigma).max())
+    assert float(p.max()) < 0.9  # a distribution with room for the draw to be wrong

@@ -88,8 +88,9 @@ def sample_answers(model, ids, mask, max_new_tokens: int, temperature: float, eo
     A plain KV-cached decode loop instead of ``model.generate``: on this CPU (transformers 5, bfloat16, batch 64,
     measured 2026-12-03) ``generate`` spent 24 % of its time in ``exponential_`` (its ``multinomial`` over 49152
     tokens per row) and 29 % in SDPA attention; the inverse-CDF draw from one uniform per row
-    (``ears_vllm._common.sample_inverse_cdf``, exact) and eager attention (chosen by the caller) took it from 248 to
-    585 tokens/s. Draws come from the global generator, one float64 uniform per row and step."""
+    (``ears_vllm._common.sample_inverse_cdf``, exact) and eager attention (chosen by the caller) took 96-token answers
+    from 248 to 585 tokens/s; over the whole stage (192-token answers, longer KV caches) 250 -> 323 tokens/s
+    (docs/models.md). Draws come from the global generator, one float64 uniform per row and step."""
     import torch
     from transformers import DynamicCache
 

@@ -132,6 +132,25 @@ def test_distill_defaults_are_the_committed_heads():
     assert info["data"]["generator"].endswith(distill_draft.GEN_DTYPE)
 
 
+def test_distill_caps_onednn_caches_before_any_stage(monkeypatch):
+    """Uncapped, oneDNN's and ideep's kernel caches (one entry per matmul shape) grew the train stage by
+    ~18 MB/s to a 20.7 GB pipeline peak (docs/models.md). main() must cap them before a stage builds a kernel, and
+    leave a value the user set alone."""
+    from scripts import distill_draft
+
+    seen = []
+    monkeypatch.setattr(distill_draft, "train", lambda args: seen.append(
+        {k: os.environ.get(k) for k in distill_draft.ONEDNN_CACHES}))
+    for name in distill_draft.ONEDNN_CACHES:  # absent, and restored as they were after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    distill_draft.main(["--stage", "train"])
+    assert seen[-1] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY": "16"}
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "64")
+    distill_draft.main(["--stage", "train"])
+    assert seen[-1]["LRU_CACHE_CAPACITY"] == "64"
+
+
 @pytest.fixture(scope="module")
 def eager_target():
     return transformers.LlamaForCausalLM.from_pretrained(MODELS / "target", dtype="float32",

@@ -10,8 +10,11 @@ registered as a worker registers them, with the plugin installed (so the stock s
 fix, as it does in a ``vllm serve`` with this plugin). Cases: ``temperature`` (T = 0.7 for every request) and
 ``topk_topp`` (T = 0.7, top_k = 50, top_p = 0.9). Inputs: B requests x K drafts, logits ``randn * 3`` over V
 tokens, each draft the row's argmax with probability 0.7 (else a random token), no draft probabilities unless
-``--draft-probs`` (then the drafts' probabilities are a softmax of other random logits). Both samplers get a fresh
-copy of the logits every call (vLLM allows the sampler to update them in place).
+``--draft-probs`` (then the drafts' probabilities are a softmax of other random logits); ``--seeded`` gives every
+request its own seeded generator (as ``SamplingParams(seed=...)`` does), which changes how both samplers draw the
+sampled token (vLLM: a ``[vocab]`` ``exponential_()`` per request from its generator; EARS on CPU: a ``[vocab]``
+race row of ``-log(torch.rand)`` per request instead of one uniform). Both samplers get a fresh copy of the logits
+every call (vLLM allows the sampler to update them in place).
 
 Method: every measurement is one fresh process (``--worker``) that builds the inputs, warms up with ``--warmup``
 calls and times ``--calls`` calls on one thread (a vLLM CPU worker here runs one OpenMP thread), reporting the
@@ -50,7 +53,7 @@ CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50
 TEMPERATURE = 0.7
 ALPHA = 0.3
 COLUMNS = ["timestamp", "device", "device_type", "threads", "load1", "python", "torch", "vllm", "provider", "case",
-           "batch", "k", "vocab", "dtype", "draft_probs", "round", "calls", "ms_p50", "ms_p20",
+           "batch", "k", "vocab", "dtype", "draft_probs", "seeded", "round", "calls", "ms_p50", "ms_p20",
            "ms_p80", "minflt_per_call", "ears_path"]
 
 
@@ -98,7 +101,8 @@ def worker(cfg: dict) -> dict:
         temperature=torch.full((b,), TEMPERATURE), all_greedy=False, all_random=True,
         top_p=None if case["top_p"] is None else torch.full((b,), case["top_p"]),
         top_k=None if case["top_k"] is None else torch.full((b,), case["top_k"], **i32),
-        generators={}, max_num_logprobs=None, no_penalties=True, prompt_token_ids=None,
+        generators={i: torch.Generator().manual_seed(1000 + i) for i in range(b)} if cfg.get("seeded") else {},
+        max_num_logprobs=None, no_penalties=True, prompt_token_ids=None,
         frequency_penalties=torch.zeros(b), presence_penalties=torch.zeros(b), repetition_penalties=torch.ones(b),
         output_token_ids=[[] for _ in range(b)], allowed_token_ids_mask=None, bad_words_token_ids={},
         logitsprocs=LogitsProcessors(), spec_token_ids=[[] for _ in range(b)])
@@ -142,6 +146,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--draft-probs", action="store_true")
+    ap.add_argument("--seeded", action="store_true", help="every request seeded (its own torch.Generator)")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=40)
@@ -167,13 +172,15 @@ def main(argv=None):
     results: dict = {}
     for case, rnd, provider in timing.progress(jobs, desc="bench_step", disable=args.no_progress):
         cfg = dict(provider=provider, case=case, batch=args.batch, k=args.k, vocab=args.vocab, dtype=args.dtype,
-                   draft_probs=args.draft_probs, calls=args.calls, warmup=args.warmup)
+                   draft_probs=args.draft_probs, seeded=args.seeded, calls=args.calls, warmup=args.warmup)
         res = run_worker(cfg)
         row = dict(res, timestamp=timing.timestamp(), provider=provider, case=case, batch=args.batch, k=args.k,
-                   vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs, round=rnd, calls=args.calls)
+                   vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs, seeded=args.seeded, round=rnd,
+                   calls=args.calls)
         csv_out.write(row)
         results.setdefault(case, {}).setdefault(provider, []).append(res["ms_p50"])
-    print(f"\nB={args.batch} K={args.k} V={args.vocab} {args.dtype} draft_probs={args.draft_probs}, one thread, "
+    print(f"\nB={args.batch} K={args.k} V={args.vocab} {args.dtype} draft_probs={args.draft_probs} "
+          f"seeded={args.seeded}, one thread, "
           f"{args.rounds} rounds x {args.calls} calls, medians of per-process medians [range over rounds]")
     for case, per in results.items():
         ears, stock = per["ears"], per["stock"]

@@ -214,11 +214,12 @@ def test_eval_accuracy_quick_server_mode(tmp_path):
 
 @pytest.mark.vllm
 def test_bench_draft_sampling_quick_csv(tmp_path):
-    """bench_draft_sampling times vLLM's draft sampling and the plugin's on the same logits, one thread."""
+    """bench_draft_sampling times vLLM's draft sampling, the plugin's and its seeded path on the same logits, one
+    thread."""
     out = tmp_path / "ds.csv"
     _run(["bench_draft_sampling", "--quick", "--out", str(out)])
     rows = _rows(out)
-    assert {r["provider"] for r in rows} == {"vllm", "ears_plugin"}
+    assert {r["provider"] for r in rows} == {"vllm", "ears_plugin", "ears_plugin_seeded"}
     for r in rows:
         assert 0 < float(r["ms_min"]) <= float(r["ms_p50"]) <= float(r["ms_max"])
         assert int(r["threads"]) == 1 and r["device"] and r["vllm"]

@@ -6,17 +6,23 @@ decide the accepted tokens, so a request with ``seed=11`` at temperature 1 gave 
 under load, whichever rejection sampler verified the drafts (vLLM's standard one too). Without speculative decoding
 seeded requests are reproducible.
 How: the original runs unchanged (same probabilities, same global-RNG draws for every row), then the draft token of
-each seeded row is drawn again from those probabilities by inverse CDF (``sample_inverse_cdf``, an exact draw; greedy
-rows by argmax), from one uniform made by a CPU generator seeded with ``draft_noise_seed(seed, length, step)``: the
-request's seed (``initial_seed()`` of its generator in ``sampling_metadata.generators``, which is never drawn from,
-so the target-side stream is untouched), its token count when the runner's ``propose_draft_token_ids`` started, and
-the draft step. One uniform per row on every device: no full-vocabulary noise per seeded row (on CPU,
-``draft_sampling_cpu`` makes the original's own draw cheap too). So a seeded CPU row is drawn twice, once by the
-original from the global RNG and once here: ``sample_inverse_cdf`` of one row at V = 49152 takes 0.053 ms on one
-core (median of 7 x 200 calls, 2026-12-03), so about 0.16 ms of a 45 ms speculative step at k = 3 (0.4%); kept, so
-that the two patches stay independent (each can be removed alone). The token count (set per row by
+each seeded row is drawn again from those probabilities by an exponential race (``argmax(probs / E)``, an exact draw;
+greedy rows by argmax), with ``E = exponential_noise`` from a CPU generator seeded with ``draft_noise_seed(seed,
+length, step)``: the request's seed (``initial_seed()`` of its generator in ``sampling_metadata.generators``, which
+is never drawn from, so the target-side stream is untouched), its token count when the runner's
+``propose_draft_token_ids`` started, and the draft step. A race and not an inverse CDF from one uniform (this
+patch's first version): the draft model's logits round differently at another batch size, and an inverse CDF's token
+moves with every boundary of the row's running sum, a race's only with a near-tie of its two best
+(``exponential_noise``'s docstring; ``test_seeded_draft_survives_rounding_level_changes_of_the_logits``). Cost, for
+seeded rows only: one ``[vocab]`` row of ``-log(torch.rand)`` per seeded row and draft step. The whole seeded draft
+draw (the original's and this one) takes 0.29 ms per row at V = 49152 against 0.08 ms unseeded and 0.80 ms for
+vLLM's own (one thread, ``bench_draft_sampling``, 2026-12-03), so about 0.6 ms of a 45 ms speculative step at k = 3
+and one request. Drawn on the CPU on every device (the same stream everywhere; on CUDA it is copied to the device,
+a cost not measured). A seeded CPU row is
+still drawn twice, once by the original from the global RNG and once here, so that the two patches stay independent
+(each can be removed alone). The token count (set per row by
 ``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the duration of that call) grows from one decoding
-step to the next, so every verified draft gets a fresh uniform that does not depend on the other requests in the
+step to the next, so every verified draft gets a fresh noise row that does not depend on the other requests in the
 batch nor on the request's row. Parallel drafting (logits with batch_size * K rows, one call) maps row r to request
 r // K and step r % K; sequential drafting counts calls.
 Unseeded rows, greedy drafting, and calls outside ``propose_draft_token_ids`` (no keys set) are left as they were.
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..._common import sample_inverse_cdf
+from ..._common import exponential_noise
 from ._patch import log_once, wrap
 
 KEYS_ATTR = "ears_draft_seed_keys"
@@ -88,9 +94,10 @@ def apply(module) -> None:
         if not rows:
             return token_ids, probs
         index = torch.tensor(rows, device=probs.device)
-        noise = torch.Generator()  # CPU: one uniform per row, the same stream on every device
-        u = torch.cat([torch.rand(1, dtype=torch.float64, generator=noise.manual_seed(s)) for s in seeds])
-        seeded = sample_inverse_cdf(probs[index], u.to(probs.device))
+        noise = torch.Generator()  # CPU: the same stream on every device
+        vocab = probs.shape[1]
+        race = torch.cat([exponential_noise(1, vocab, noise.manual_seed(s)) for s in seeds])
+        seeded = probs[index].div_(race.to(probs.device)).argmax(dim=1)
         if not sampling_metadata.all_random:
             seeded = torch.where(temperature[index // factor] < eps, token_ids[index], seeded)
         token_ids[index] = seeded

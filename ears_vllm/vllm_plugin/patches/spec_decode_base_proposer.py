@@ -18,9 +18,8 @@ seeded rows only: one ``[vocab]`` row of ``-log(torch.rand)`` per seeded row and
 draw (the original's and this one) takes 0.29 ms per row at V = 49152 against 0.08 ms unseeded and 0.80 ms for
 vLLM's own (one thread, ``bench_draft_sampling``, 2026-12-03), so about 0.6 ms of a 45 ms speculative step at k = 3
 and one request. Drawn on the CPU on every device (the same stream everywhere; on CUDA it is copied to the device,
-a cost not measured). A seeded CPU row is
-still drawn twice, once by the original from the global RNG and once here, so that the two patches stay independent
-(each can be removed alone). The token count (set per row by
+a cost not measured). A seeded CPU row is still drawn twice, once by the original from the global RNG and once
+here, so that the two patches stay independent (each can be removed alone). The token count (set per row by
 ``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the duration of that call) grows from one decoding
 step to the next, so every verified draft gets a fresh noise row that does not depend on the other requests in the
 batch nor on the request's row. Parallel drafting (logits with batch_size * K rows, one call) maps row r to request

@@ -224,3 +224,32 @@ def test_bench_draft_sampling_quick_csv(tmp_path):
         assert 0 < float(r["ms_min"]) <= float(r["ms_p50"]) <= float(r["ms_max"])
         assert int(r["threads"]) == 1 and r["device"] and r["vllm"]
     assert [float(r["ratio_to_vllm"]) for r in rows if r["provider"] == "vllm"] == [1.0]
+
+
+def test_check_seeded_batch_compares_each_prompt_and_arm(monkeypatch, capsys):
+    """check_seeded_batch runs one engine at c=1 and one at c=N and reports, per arm, which prompts differ and
+    where (engines replaced by canned outputs: the real pair's engines are what the script itself runs)."""
+    from scripts import check_seeded_batch as cs
+
+    jobs = []
+
+    def fake_job(job):
+        jobs.append(job)
+        conc = job["engine_kwargs"]["max_num_seqs"]
+        out = {0.1: [[1, 2, 3], [4, 5, 6]], 0.3: [[7, 8], [9]]}
+        if conc == 16:
+            out[0.3] = [[7, 8], [9, 10]]  # prompt 1 at alpha 0.3 grows a token: differs from position 1
+        return {"results": [dict(alpha=r["alpha"], output_ids=out[r["alpha"]]) for r in job["runs"]]}
+
+    monkeypatch.setattr(cs.engine, "run_engine_job", fake_job)
+    monkeypatch.setattr(cs.bt, "load_prompts", lambda path, n: ["a", "b"][:n])
+    assert cs.main(["--workload", "grounded", "--n", "2", "--alphas", "0.1,0.3"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["grounded ears alpha=0.1: c=1 vs c=16: 0 of 2 prompts differ",
+                     "grounded ears alpha=0.3: c=1 vs c=16: 1 of 2 prompts differ (prompt, first differing position): "
+                     "[(1, 1)]"]
+    assert [j["engine_kwargs"]["max_num_seqs"] for j in jobs] == [1, 16]
+    assert all(r["seed"] == 0 and r["temperature"] == 0.7 for j in jobs for r in j["runs"])
+    spec = jobs[0]["speculative_config"]
+    assert spec["method"] == "ngram" and spec["num_speculative_tokens"] == 4 and spec["rejection_sampler"] == "ears"
+    assert cs.first_difference([1, 2, 3], [1, 2]) == 2 and cs.first_difference([1, 5], [1, 6]) == 1

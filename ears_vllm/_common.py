@@ -1,6 +1,7 @@
 """Constants, the output type and the small numerical rules shared by every EARS backend."""
 
 import math
+from collections.abc import Mapping
 from numbers import Real
 from typing import NamedTuple, Optional, Union
 
@@ -75,9 +76,11 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     return (blk * CDF_BLOCK + idx).squeeze(1).clamp_(max=vocab - 1)
 
 
-def exponential_noise(rows: int, vocab: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def exponential_noise(rows: int, vocab: int, generators: Optional[Mapping[int, torch.Generator]] = None
+                      ) -> torch.Tensor:
     """``[rows, vocab]`` float32 Exp(1) noise for an exponential race (``argmax(weights / noise)``), drawn as
-    ``-log(U)`` from ``torch.rand`` with ``generator`` (CPU; the global RNG if None).
+    ``-log(U)`` from ``torch.rand`` on CPU: row ``i`` from ``generators[i]`` when given, the other rows from the
+    global RNG.
 
     Why a race and not ``sample_inverse_cdf`` where a seeded draw must be reproducible: an inverse CDF maps one
     uniform through the running sum of the whole row, so a perturbation of the logits at the level of rounding (the
@@ -88,7 +91,14 @@ def exponential_noise(rows: int, vocab: int, generator: Optional[torch.Generator
     49152, 2 threads, this project's 2-core EPYC, 2026-12-03). ``U = 0`` gives ``E = inf`` (that token cannot win);
     ``U < 1`` keeps ``E > 0``, so a zero weight never wins while any token has positive weight.
     """
-    return torch.rand((rows, vocab), dtype=torch.float32, generator=generator).log_().neg_()
+    generators = generators or {}
+    uniform = torch.empty(rows, vocab, dtype=torch.float32)
+    unseeded = [i for i in range(rows) if i not in generators]
+    if unseeded:
+        uniform[unseeded] = torch.rand(len(unseeded), vocab)
+    for i, generator in generators.items():
+        torch.rand(vocab, generator=generator, out=uniform[i])
+    return uniform.log_().neg_()
 
 
 class EarsInputs(NamedTuple):

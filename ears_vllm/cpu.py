@@ -73,9 +73,11 @@ def _argmax(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise):
+def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise, noise_rows):
     """One token per row of ``logits[rows] / temp``: from the residual at a rejected draft (``d_idx`` >= 0, its draft
-    index), from p itself at a bonus row (``d_idx`` = -1), a cache-sized chunk of rows at a time."""
+    index), from p itself at a bonus row (``d_idx`` = -1), a cache-sized chunk of rows at a time; row j's
+    randomness is ``noise[noise_rows[j]]``, gathered per chunk (a ``[batch, vocab]`` race noise is never copied
+    whole)."""
     n, vocab = rows.numel(), logits.shape[1]
     tokens = torch.empty(n, dtype=torch.int64, device=logits.device)
     step = n if logits.is_cuda else max(1, CHUNK_ELEMS // vocab)
@@ -97,7 +99,7 @@ def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise):
                 empty = residual.sum(dim=1) <= 0  # p <= q everywhere (numerically): fall back to p
                 residual[empty] = weights[rej[empty]]
                 weights[rej] = residual
-        chunk_noise = noise[a:b]
+        chunk_noise = noise[noise_rows[a:b]]
         if chunk_noise.dim() == 2:  # exponential race
             tokens[a:b] = weights.div_(chunk_noise.to(torch.float32)).argmax(dim=1)
         else:
@@ -191,6 +193,6 @@ def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
         # Draft index of each sampling request's rejection; -1 for a bonus row (it samples p itself).
         d_idx = torch.where(rejected[sample_req], start[sample_req] + acc64[sample_req], -1)
         final[sample_req] = _sample_tokens(target_logits, row0[sample_req] + acc64[sample_req], t_eff[sample_req],
-                                           d_idx, draft, draft_probs, recovery_noise[sample_req])
+                                           d_idx, draft, draft_probs, recovery_noise, sample_req)
     out[arange_b, acc64] = final.to(torch.int32)
     return EarsOutput(out, h.to(torch.float32), num_accepted, num_tolerance, tv_cost)

@@ -40,7 +40,7 @@ from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
 
 from ears_vllm import ears_rejection_sample
-from ears_vllm._common import GREEDY_TEMPERATURE_EPS
+from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise
 
 from .config import EarsSettings
 from .request_alpha import RequestAlphas
@@ -195,14 +195,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
                 return torch.zeros(batch_size, dtype=torch.float64)
             if not generators:
                 return torch.rand(batch_size, dtype=torch.float64)
-            # exponential_noise's -log(U), with each row's U drawn in place from its own stream
-            uniform = torch.empty(batch_size, vocab_size, dtype=torch.float32)
-            unseeded = [i for i in range(batch_size) if i not in generators]
-            if unseeded:
-                uniform[unseeded] = torch.rand(len(unseeded), vocab_size)
-            for i, generator in generators.items():
-                torch.rand(vocab_size, generator=generator, out=uniform[i])
-            return uniform.log_().neg_()
+            return exponential_noise(batch_size, vocab_size, generators)
         if generators is None:  # a stride-0 view, not a [batch, vocab] allocation every step
             return torch.ones(1, vocab_size, device=device).expand(batch_size, vocab_size)
         noise = torch.empty((batch_size, vocab_size), dtype=torch.float32, device=device).exponential_()

@@ -93,9 +93,9 @@ def apply(module) -> None:
         if not rows:
             return token_ids, probs
         index = torch.tensor(rows, device=probs.device)
-        noise = torch.Generator()  # CPU: the same stream on every device
-        vocab = probs.shape[1]
-        race = torch.cat([exponential_noise(1, vocab, noise.manual_seed(s)) for s in seeds])
+        # CPU generators: the same stream on every device
+        race = exponential_noise(len(seeds), probs.shape[1],
+                                 {j: torch.Generator().manual_seed(s) for j, s in enumerate(seeds)})
         seeded = probs[index].div_(race.to(probs.device)).argmax(dim=1)
         if not sampling_metadata.all_random:
             seeded = torch.where(temperature[index // factor] < eps, token_ids[index], seeded)

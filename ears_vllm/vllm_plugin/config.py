@@ -85,9 +85,22 @@ class EarsSettings:
         if settings.enabled and method not in (None, "standard"):
             raise EarsConfigError(
                 f"speculative_config['rejection_sample_method']={method!r} is not allowed with "
-                f"{SAMPLER_KEY}='ears': leave it at 'standard'"
+                f"{SAMPLER_KEY}='ears': EARS replaces 'standard' verification and cannot combine with "
+                f"'block', 'synthetic' or 'fly' (adaptive verification can)"
             )
         return settings
+
+    def check_engine(self, watermark_config) -> None:
+        """Refuse what EARS cannot combine with outside the speculative config (front-end, before any model loads).
+
+        Watermarking (MRV2 only) keys the resampled tokens to a watermark whose detector assumes standard
+        verification: EARS over-represents accepted drafts, so it is refused rather than silently weakened.
+        """
+        if self.enabled and watermark_config:
+            raise EarsConfigError(
+                f"watermark_config={watermark_config!r} is not allowed with {SAMPLER_KEY}='ears': EARS changes which "
+                f"tokens are emitted and cannot combine with watermarking; remove one of them"
+            )
 
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> EarsSettings | None:

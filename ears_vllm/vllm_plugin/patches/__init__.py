@@ -28,13 +28,11 @@ def install() -> None:
         spec_decoding_logging,
         spec_decoding_prom,
         spec_decoding_stats,
-        vllm_config,
     )
 
-    # Front-end: config keys, per-request alpha, runner choice.
+    # Front-end: config keys, per-request alpha.
     when_imported("vllm.engine.arg_utils", engine_args.apply)
     when_imported("vllm.sampling_params", sampling_params.apply)
-    when_imported("vllm.config.vllm", vllm_config.apply)
     # Stats, front-end and engine core (fields first: msgspec must see them before the first message).
     when_imported("vllm.v1.spec_decode.metrics", spec_decoding_stats.apply)
     when_imported("vllm.v1.spec_decode.metrics", spec_decoding_prom.apply)
@@ -45,5 +43,5 @@ def install() -> None:
     when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils.apply)
     when_imported("vllm.v1.spec_decode.llm_base_proposer", spec_decode_base_proposer.apply)
     when_imported("vllm.v1.spec_decode.llm_base_proposer", draft_sampling_cpu.apply)
-    when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)
-    when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner_v2.apply)
+    when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)  # V1 runner (and the CPU runner)
+    when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner_v2.apply)  # Model Runner V2

@@ -56,6 +56,8 @@ def apply(arg_utils) -> None:
     def create_speculative_config(original, self, *args, **kwargs):
         try:
             settings = _settings(self)
+            if settings is not None:
+                settings.check_engine(getattr(self, "watermark_config", None))
         except EarsConfigError:
             _install_one_line_excepthook()
             raise

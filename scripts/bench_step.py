@@ -24,14 +24,16 @@ the per-process medians, with the range of the per-round ratio. Memory is glibc'
 freed blocks are faulted back in on the next call (``minflt_per_call``); setting glibc's ``MALLOC_MMAP_THRESHOLD_``
 / ``MALLOC_TRIM_THRESHOLD_`` did not change that here, so no allocator variant is offered.
 
-GPU: not supported here. The plugin's sampler needs vLLM, which the lent GPU machines lack; timing it there needs
-vLLM's V1 sampler modules extracted from the 0.33 wheel (``scripts.extract_vllm_stock`` extracts the verification
-kernels only). ``scripts.bench_kernel`` times the fused kernel on GPU.
+GPU (``--device cuda``, ``scripts/harness/step_gpu.py``): the plugin's V1 and MRV2 samplers against vLLM's V1 and
+MRV2 samplers and the MRV2 verification alone, in one process, interleaved, wall and CUDA-event timings and a
+per-kernel profile (defaults: K=4 V=151936 bf16, B=1,16,64,256, 40 calls; ``results/bench_step_gpu.csv`` and
+``..._profile.csv``). It needs vLLM's Python sources (on the lent machines: ``../shared/gpu/make_kit.sh``).
 
 Usage::
 
     python -m scripts.bench_step --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds
     python -m scripts.bench_step --quick                                    # small, to results/quick/ (ignored)
+    python -m scripts.bench_step --device cuda                              # GPU mode
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import subprocess
 import sys
 import time
 
-from scripts.harness import timing
+from scripts.harness import step_gpu, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,11 +142,12 @@ def run_worker(cfg: dict) -> dict:
 # ---- parent: rounds, CSV, summary ------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None, help="default results/bench_step_cpu.csv (--quick: results/quick/)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--out", default=None, help="default results/bench_step_<device>.csv (--quick: results/quick/)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--vocab", type=int, default=None, help="default 32000 (cpu), 151936 (cuda)")
+    ap.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="default fp32 (cpu), bf16 (cuda)")
     ap.add_argument("--draft-probs", action="store_true")
     ap.add_argument("--seeded", action="store_true", help="every request seeded (its own torch.Generator)")
     ap.add_argument("--cases", default=",".join(CASES))
@@ -154,10 +157,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="B=8 K=2 V=4096, 2 rounds of 8 calls")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    step_gpu.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
+    gpu = args.device == "cuda"
+    args.vocab = args.vocab or (151936 if gpu else 32000)
+    args.dtype = args.dtype or ("bf16" if gpu else "fp32")
+    if gpu:
+        args.out = args.out or os.path.join(ROOT, "results", "bench_step_gpu.csv")
+        return step_gpu.main(args)
     if args.quick:
         args.batch, args.k, args.vocab, args.rounds, args.calls, args.warmup = 8, 2, 4096, 2, 8, 2
     if args.out is None:

@@ -2,10 +2,11 @@
 
 vLLM's MRV2 kernels are Triton kernels written against ``vllm.triton_utils``, which swaps ``triton`` for a
 placeholder when Triton has no active GPU driver (here). Under ``TRITON_INTERPRET=1`` (set by the root conftest)
-they run on CPU tensors once, before any MRV2 module is imported, ``vllm.triton_utils``'s ``triton``, ``tl`` and
-``HAS_TRITON`` are the real ones and its ``tldevice`` offers a ``log1p`` the interpreter can run (libdevice's
-cannot be interpreted). This is the tests' set-up only: the plugin never runs MRV2 on CPU (vLLM uses the V1 runner
-there).
+they run on CPU tensors when ``vllm.triton_utils``'s ``triton``, ``tl`` and ``HAS_TRITON`` are the real ones while
+the MRV2 modules are imported, and its ``tldevice`` offers a ``log1p`` the interpreter can run (libdevice's cannot
+be interpreted). The swap lasts for those imports only; the modules that read ``HAS_TRITON`` at import time are
+imported before it, so the rest of the session sees this CPU as it is. This is the tests' set-up only: the plugin
+never runs MRV2 on CPU (vLLM uses the V1 runner there).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import triton.language as tl
 MRV2_UTILS = "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils"
 # Modules whose kernels the tests run: imported with the placeholder, they would stay unusable.
 KERNEL_MODULES = (MRV2_UTILS, "vllm.v1.worker.gpu.sample.gumbel", "vllm.v1.worker.gpu.input_batch",
+                  "vllm.v1.worker.gpu.sample.states", "vllm.v1.worker.gpu.sample.sampler",
                   "vllm.v1.worker.gpu.spec_decode.rejection_sampler")
 
 
@@ -37,9 +39,15 @@ def _log1p_impl(x):
     return tl.log(1.0 + x)
 
 
-def _interpret_vllm_kernels() -> None:
-    import triton
-    import triton.language as tl
+# Modules that read ``HAS_TRITON`` when imported (the engine config, V1's top-k / top-p): imported before the swap,
+# so that they keep this machine's truth for the rest of the test session.
+CPU_TRUTH_MODULES = ("vllm.config", "vllm.engine.arg_utils", "vllm.v1.sample.sampler",
+                     "vllm.v1.sample.rejection_sampler", "vllm.v1.outputs")
+
+
+def _import_mrv2_interpreted() -> None:
+    import importlib
+
     import vllm.triton_utils as triton_utils
 
     if triton_utils.HAS_TRITON:
@@ -49,9 +57,17 @@ def _interpret_vllm_kernels() -> None:
     stale = [name for name in KERNEL_MODULES if name in sys.modules]
     if stale:
         raise RuntimeError(f"MRV2 modules were imported before the interpreter set-up: {stale[:3]}")
-
+    for name in CPU_TRUTH_MODULES:
+        importlib.import_module(name)
+    saved = {name: getattr(triton_utils, name) for name in ("triton", "tl", "HAS_TRITON", "tldevice")}
     triton_utils.triton, triton_utils.tl, triton_utils.HAS_TRITON = triton, tl, True
     triton_utils.tldevice = types.SimpleNamespace(log1p=_log1p())
+    try:
+        for name in KERNEL_MODULES:
+            importlib.import_module(name)
+    finally:  # what imports later sees this CPU as it is
+        for name, value in saved.items():
+            setattr(triton_utils, name, value)
 
 
 tl_rand32 = None  # MRV2's Philox uniform (vllm/v1/worker/gpu/sample/gumbel.py), set by import_mrv2()
@@ -74,7 +90,7 @@ def kernel_uniforms(seed, expanded_idx_mapping, pos) -> torch.Tensor:
 def import_mrv2() -> types.SimpleNamespace:
     """MRV2's ``rejection_sampler_utils`` and ``RejectionSampler``, and the plugin's MRV2 modules."""
     if not torch.cuda.is_available():
-        _interpret_vllm_kernels()
+        _import_mrv2_interpreted()
     import importlib
 
     from vllm.v1.worker.gpu.sample import gumbel

@@ -55,6 +55,11 @@ BAD = [
     ({"alpha": 0.3}, "speculative_config['alpha']=0.3 is not allowed with rejection_sampler='standard'"),
     ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "synthetic"},
      "speculative_config['rejection_sample_method']='synthetic' is not allowed with rejection_sampler='ears'"),
+    # Block verification and FLy (0.33) change the acceptance rule themselves: EARS cannot combine with them.
+    ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "block"},
+     "speculative_config['rejection_sample_method']='block' is not allowed with rejection_sampler='ears'"),
+    ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "fly", "fly_window_size": 2},
+     "speculative_config['rejection_sample_method']='fly' is not allowed with rejection_sampler='ears'"),
 ]
 
 
@@ -83,7 +88,33 @@ def test_good_config_reaches_additional_config(engine_args_cls):
     config = args.create_engine_config()
     assert config.additional_config["ears"] == {"rejection_sampler": "ears", "alpha": 0.3}  # the default alpha
     assert config.speculative_config.method == "ngram"
-    assert not config.use_v2_model_runner
+    # EARS runs in both runners: it does not make vLLM leave Model Runner V2 (this CPU uses V1 for lack of Triton).
+    assert config._get_v2_model_runner_unsupported_features() == []
+
+
+def test_adaptive_verification_combines_with_ears(engine_args_cls):
+    """EARS lets adaptive verification (MRV2's per-request draft budget) through; on this CPU vLLM's V1 runner then
+    refuses it itself, after the EARS keys were taken."""
+    from ears_vllm.vllm_plugin.config import EarsSettings
+
+    spec = {**NGRAM, "rejection_sampler": "ears", "enable_adaptive_verification": True}
+    assert EarsSettings.pop_from(spec, has_method=True).enabled and spec["enable_adaptive_verification"]
+    args = engine_args_cls(model=TARGET, speculative_config={**NGRAM, "rejection_sampler": "ears",
+                                                             "enable_adaptive_verification": True},
+                           enforce_eager=True, max_model_len=256)
+    with pytest.raises(Exception, match="Model Runner V1 does not support: adaptive draft verification"):
+        args.create_engine_config()
+
+
+def test_watermarking_is_refused_with_ears(engine_args_cls):
+    from ears_vllm.vllm_plugin import EarsConfigError
+
+    args = engine_args_cls(model=TARGET, speculative_config={**NGRAM, "rejection_sampler": "ears"},
+                           watermark_config={"type": "gumbel"}, enforce_eager=True, max_model_len=256)
+    with pytest.raises(EarsConfigError) as e:
+        args.create_engine_config()
+    assert "watermark_config=" in str(e.value) and "not allowed with rejection_sampler='ears'" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json")),

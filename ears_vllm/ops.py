@@ -30,7 +30,7 @@ def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, dev
 
 
 def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-              max_spec_len, draft_probs, uniform_probs, recovery_noise):
+              max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget=None):
     _check_tensor("target_logits", target_logits, 2, floating=True)
     num_rows, vocab_size = target_logits.shape
     dev = target_logits.device
@@ -81,6 +81,10 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
             _check_tensor("recovery_noise", recovery_noise, 1, floating=True, shape=(batch,), device=dev)
         else:
             _check_tensor("recovery_noise", recovery_noise, 2, floating=True, shape=(batch, vocab_size), device=dev)
+    if tv_budget is not None:
+        _check_tensor("tv_budget", tv_budget, 1, floating=True, shape=(batch,), device=dev)
+        if bool(torch.isnan(tv_budget).any()) or bool((tv_budget < 0).any()):
+            _fail("tv_budget", "must be >= 0 and not NaN (inf: no budget)")
 
 
 def ears_rejection_sample(
@@ -97,6 +101,7 @@ def ears_rejection_sample(
     generator: Optional[torch.Generator] = None,
     validate: bool = True,
     backend: str = "auto",
+    tv_budget: Optional[torch.Tensor] = None,
 ) -> EarsOutput:
     r"""Verify a ragged batch of draft tokens with EARS (uncertainty-adaptive rejection sampling).
 
@@ -152,6 +157,14 @@ def ears_rejection_sample(
         Check shapes, dtypes, ranges (host syncs). Pass False on a hot path whose inputs are known good.
     backend : str
         ``"auto"`` (Triton on CUDA, vectorised torch on CPU), ``"triton"``, ``"torch"`` or ``"reference"``.
+    tv_budget : torch.Tensor, optional
+        Shape: ``[batch]``, float (float64 recommended). What is left of each request's total-variation budget
+        (``inf``: none). Position by position the tolerance is ``min(alpha*h, left)``, and its cost
+        ``min(1, p/q + t) - min(1, p/q)`` (at most t) is subtracted from what is left: budget 0 is the standard
+        rule, a spent budget turns the tolerance off for the rest of the request. The caller
+        subtracts each request's ``tv_cost`` sum from its budget between steps; since per-token TV costs add up
+        along a sequence, a request whose costs never exceed B samples within total variation B of the target.
+        None: no budget.
 
     Returns
     -------
@@ -207,7 +220,7 @@ def ears_rejection_sample(
         _fail("backend", f"must be one of {_BACKENDS}, got {backend!r}")
     if validate:
         _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-                  max_spec_len, draft_probs, uniform_probs, recovery_noise)
+                  max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget)
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
     device = target_logits.device
     if uniform_probs is None:
@@ -224,7 +237,7 @@ def ears_rejection_sample(
     elif backend == "triton" and recovery_noise.dim() != 2:
         _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
     inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-                        max_spec_len, draft_probs, uniform_probs, recovery_noise)
+                        max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget)
     if backend == "torch":
         from .cpu import ears_rejection_sample_torch
 

@@ -36,7 +36,7 @@ def ears_rejection_sample_reference(inputs: EarsInputs, dtype: torch.dtype = tor
     """The specification: :func:`ears_vllm.ears_rejection_sample` on explicit inputs, one position at a time,
     in ``dtype`` (float64) on the CPU."""
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()
     packed = bonus_token_ids is None  # target_logits holds each request's draft rows, then its bonus row
@@ -47,6 +47,7 @@ def ears_rejection_sample_reference(inputs: EarsInputs, dtype: torch.dtype = tor
     num_tolerance = torch.zeros(batch, dtype=torch.int32)
     cu = cu_num_draft_tokens.tolist()
     alphas = alpha.tolist() if isinstance(alpha, torch.Tensor) and alpha.dim() > 0 else [float(alpha)] * batch
+    budget_left = [float("inf")] * batch if tv_budget is None else [float(v) for v in tv_budget.tolist()]
 
     for b in range(batch):
         start = 0 if b == 0 else cu[b - 1]
@@ -79,11 +80,15 @@ def ears_rejection_sample_reference(inputs: EarsInputs, dtype: torch.dtype = tor
             ratio = px / qx if qx > 0 else 0.0
             u = float(uniform_probs[start + j])
             valid = px > 0 and qx > 0
-            # Exact expected TV cost of this step's tolerance: P(accept | EARS) - P(accept | standard).
+            # Exact expected TV cost of this step's tolerance: P(accept | EARS) - P(accept | standard). With a TV
+            # budget the tolerance is at most what is left of it, and its cost (<= the tolerance) is spent.
+            tolerance = min(alphas[b] * h, budget_left[b])
             if valid:
-                tv_cost[start + j] = min(1.0, ratio + alphas[b] * h) - min(1.0, ratio)
+                gain = min(1.0, ratio + tolerance) - min(1.0, ratio)
+                tv_cost[start + j] = gain
+                budget_left[b] = max(0.0, budget_left[b] - gain)
             # EARS: u <= p/q + alpha*h, and a token the target forbids (p = 0) is never accepted.
-            if valid and ratio >= u - alphas[b] * h:
+            if valid and ratio >= u - tolerance:
                 out[b, j] = x
                 num_accepted[b] += 1
                 num_tolerance[b] += int(ratio < u)

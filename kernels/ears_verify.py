@@ -7,7 +7,8 @@
    position into (max, Z, argmax) and, from them alone, gets max_v p = 1 / Z, p(x) = exp(l_x - max) / Z,
    h = 1 - max_v p, the EARS decision  p(x) > 0 and q(x) > 0 and p(x)/q(x) >= u - alpha*h  (argmax matching for
    greedy requests; a -1 placeholder draft is rejected without being read) and the expected TV cost of the
-   tolerance. Split 0 writes the accepted tokens and the counters. Then each request's one sampled token is drawn
+   tolerance (with a TV budget, the tolerance is at most what is left of it). Split 0 writes the
+   accepted tokens and the counters. Then each request's one sampled token is drawn
    by a second pass over one row, split over the programs: at a random request's first rejection the residual
    max(p - q, 0) in an exponential race with the caller's noise (vLLM's recovered-token sampling); when the bonus
    row is given (``bonus_token_ids`` is None) and every draft was accepted, the bonus row itself (argmax for a
@@ -133,6 +134,7 @@ def _ears_verify_kernel(
     alpha_ptr,  # [batch] (read only when not SCALAR_ALPHA)
     alpha_scalar,
     uniform_probs_ptr,  # [num_tokens] float64
+    tv_budget_ptr,  # [batch] float64, the TV budget left (read only when HAS_BUDGET)
     split_max_ptr,  # [num_tokens, STAT_SPLITS]
     split_sum_ptr,  # [num_tokens, STAT_SPLITS]
     split_best_ptr,  # [num_tokens, STAT_SPLITS]
@@ -153,6 +155,7 @@ def _ears_verify_kernel(
     rec_split_size,
     HAS_DRAFT_PROBS: tl.constexpr,
     SCALAR_ALPHA: tl.constexpr,
+    HAS_BUDGET: tl.constexpr,
     PACKED: tl.constexpr,
     STAT_SPLITS: tl.constexpr,
     REC_SPLITS: tl.constexpr,
@@ -173,6 +176,9 @@ def _ears_verify_kernel(
         alpha = tl.load(alpha_ptr + req)
     inv_v = 1.0 / vocab_size
     stat_splits = tl.arange(0, STAT_SPLITS)
+    budget_left = float("inf")
+    if HAS_BUDGET:
+        budget_left = tl.load(tv_budget_ptr + req).to(tl.float64)
 
     # Every program of the request takes the same decisions from the same inputs; only split 0 writes them.
     num_accepted = 0
@@ -205,10 +211,14 @@ def _ears_verify_kernel(
             q_x = tl.where(has_x, 1.0, 0.0)
         decidable = (p_x > 0) & (q_x > 0)
         ratio = tl.where(decidable, p_x.to(tl.float64) / q_x, 0.0)
-        tolerance_term = alpha * h.to(tl.float64)
+        tolerance_term = tl.where(decidable & (is_greedy == 0), alpha * h.to(tl.float64), 0.0)
+        if HAS_BUDGET:  # no more tolerance than the budget left can pay for
+            tolerance_term = tl.minimum(tolerance_term, budget_left)
         # Expected TV cost of the tolerance at a decided position: the extra acceptance probability of x.
         gain = tl.minimum(ratio + tolerance_term, 1.0) - tl.minimum(ratio, 1.0)
-        tv_cost = tl.where((rejected == 0) & decidable & (is_greedy == 0), gain, 0.0)
+        if HAS_BUDGET:
+            budget_left = tl.maximum(budget_left - tl.where(rejected, 0.0, gain), 0.0)
+        tv_cost = tl.where(rejected == 0, gain, 0.0)
         if lead:
             tl.store(uncertainty_ptr + row, h)
             tl.store(tv_cost_ptr + row, tv_cost.to(tl.float32))
@@ -308,7 +318,7 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
     """
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
@@ -366,10 +376,12 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
     _ears_verify_kernel[(batch, rec_splits)](
         output, output.stride(0), uncertainty, tv_cost, num_accepted, num_tolerance, cu, draft_token_ids, bonus,
         temperature, temperature if scalar_alpha else alpha, float(alpha) if scalar_alpha else 0.0, uniform_probs,
+        uniform_probs if tv_budget is None else tv_budget,
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
         probs_arg, probs_stride, recovery_noise, recovery_noise.stride(0),
         part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
-        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, PACKED=packed, STAT_SPLITS=stat_splits,
+        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, HAS_BUDGET=tv_budget is not None,
+        PACKED=packed, STAT_SPLITS=stat_splits,
         REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
     )
     return output, uncertainty, num_accepted, num_tolerance, tv_cost

@@ -29,13 +29,15 @@ OPTIONS = [
 INVERSE_CDF_OPTIONS = [dict(o, inverse_cdf=True) for o in OPTIONS[:6] + OPTIONS[7:]]
 
 
-def _check(backend, seed, shape, opts, dtype=torch.float32):
+def _check(backend, seed, shape, opts, dtype=torch.float32, tv_budget=None):
     batch, k, vocab = shape
     args = make_case(seed, batch=batch, max_spec_len=k, vocab=vocab, dtype=dtype, device=backend_device(backend),
                      **opts)
-    got = ears_rejection_sample(*args, backend=backend)
+    budget = None if tv_budget is None else tv_budget(batch)
+    got = ears_rejection_sample(*args, backend=backend,
+                                tv_budget=None if budget is None else budget.to(backend_device(backend)))
     ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
-                                backend="reference")
+                                backend="reference", tv_budget=budget)
     assert torch.equal(got.output_token_ids.cpu(), ref.output_token_ids)
     assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
     assert torch.equal(got.num_tolerance_accepted.cpu(), ref.num_tolerance_accepted)
@@ -160,3 +162,52 @@ def test_triton_vocab_splits_match_reference(block_size, num_splits, opts):
             torch.testing.assert_close(g.cpu(), r, atol=2e-6, rtol=1e-5)
         else:
             assert torch.equal(g.cpu(), r), name
+
+
+# ---- TV budgets -------------------------------------------------------------------------------------------------
+BUDGET_OPTIONS = [
+    dict(draft_probs=False, alpha=0.8, greedy_frac=0.2),
+    dict(draft_probs=True, per_request_alpha=True, packed=True, placeholder_frac=0.3),
+]
+
+
+def budgets(batch: int, seed: int = 0) -> torch.Tensor:
+    """Budgets small enough that some positions are granted the tolerance and some are not; one of 0, one of inf."""
+    b = torch.rand(batch, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 0.5
+    b[0] = 0.0
+    b[-1] = float("inf")
+    return b
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", SMALL_SHAPES[1:4])
+@pytest.mark.parametrize("opts", BUDGET_OPTIONS)
+def test_budget_matches_reference(backend, shape, opts):
+    _check(backend, 8, shape, opts, tv_budget=budgets)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_budget_bounds_and_limits(backend, packed):
+    """A request's costs never exceed its budget; budget 0 is the standard rule token for token; budget inf is no
+    budget; and a small budget withholds the tolerance somewhere."""
+    dev = backend_device(backend)
+    args = make_case(9, batch=12, max_spec_len=5, vocab=41, draft_probs=True, alpha=0.9, packed=packed,
+                     placeholder_frac=0.2, logit_scale=1.0, device=dev)
+    run = lambda **kw: ears_rejection_sample(*args, backend=backend, **kw)  # noqa: E731
+    free, zero_alpha = run(), ears_rejection_sample(*(args[:5] + (0.0,) + args[6:]), backend=backend)
+    batch = args[1].numel()
+    cu = args[1].cpu().long()
+    req = torch.repeat_interleave(torch.arange(batch), torch.diff(cu, prepend=cu.new_zeros(1)))
+    spent = lambda out: torch.zeros(batch, dtype=torch.float64).index_add_(  # noqa: E731
+        0, req, out.tv_cost.cpu().double())
+    small = torch.full((batch,), 0.05, dtype=torch.float64)
+    limited = run(tv_budget=small.to(dev))
+    assert bool((spent(limited) <= small + 1e-6).all())
+    assert float(spent(limited).sum()) < float(spent(free).sum())
+    zero = run(tv_budget=torch.zeros(batch, dtype=torch.float64, device=dev))
+    assert torch.equal(zero.output_token_ids, zero_alpha.output_token_ids)
+    assert float(zero.tv_cost.abs().sum()) == 0.0 and int(zero.num_tolerance_accepted.sum()) == 0
+    unlimited = run(tv_budget=torch.full((batch,), float("inf"), dtype=torch.float64, device=dev))
+    assert torch.equal(unlimited.output_token_ids, free.output_token_ids)
+    assert torch.equal(unlimited.tv_cost, free.tv_cost)

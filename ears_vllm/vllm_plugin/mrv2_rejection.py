@@ -24,7 +24,8 @@ i.e. ``u <= p/q + alpha*h`` for ``p(x) > 0``. With alpha*h = 0 the second line a
 bonus tokens are MRV2's. Per request the kernel also adds, over the positions the random rule decided (accepted
 drafts and the first rejection, a -1 placeholder included, as the V1 sampler counts them), the drafts accepted only
 thanks to the tolerance, the decided positions, their uncertainty and their exact expected TV cost
-``min(1, p/q + alpha*h) - min(1, p/q)`` into a ``[4]`` float64 counter (atomics; optional).
+``min(1, p/q + alpha*h) - min(1, p/q)`` into a ``[4]`` float64 counter (atomics; optional). With a TV budget the
+tolerance is at most what is left of the request's budget, and the kernel adds the costs to what it has spent.
 
 Capturable in a CUDA graph: the host code is shape arithmetic and launches; randomness is drawn in the kernels from
 (seed, position); alpha is a per-request-state device tensor; intermediates come from a grow-only ``Scratch``.
@@ -104,10 +105,14 @@ def _ears_rejection_kernel(
     pos_ptr,  # [num_logits]
     alpha_ptr,  # [max_num_reqs] float32
     counters_ptr,  # [NUM_COUNTERS] float64, added to
+    tv_budget_ptr,  # [max_num_reqs] float32, inf: none (read only when HAS_BUDGET)
+    tv_spent_ptr,  # [num_budget_slots] float64, read and added to (HAS_BUDGET)
+    tv_spent_slot_ptr,  # [max_num_reqs] int32: each request's entry of tv_spent (HAS_BUDGET)
     vocab_num_blocks,
     PADDED_VOCAB_NUM_BLOCKS: tl.constexpr,
     HAS_DRAFT_LOGITS: tl.constexpr,
     RECORD: tl.constexpr,
+    HAS_BUDGET: tl.constexpr,
 ):
     req_idx = tl.program_id(0)
     req_state_idx = tl.load(idx_mapping_ptr + req_idx).to(tl.int64)
@@ -118,6 +123,12 @@ def _ears_rejection_kernel(
     temp = tl.load(temp_ptr + req_state_idx).to(tl.float32)
     is_greedy = temp == 0.0
     alpha = tl.load(alpha_ptr + req_state_idx).to(tl.float32)
+    budget_left = float("inf")
+    spent = 0.0
+    if HAS_BUDGET:
+        spent_slot = tl.load(tv_spent_slot_ptr + req_state_idx).to(tl.int64)
+        spent = tl.load(tv_spent_ptr + spent_slot)
+        budget_left = tl.maximum(tl.load(tv_budget_ptr + req_state_idx).to(tl.float64) - spent, 0.0)
 
     accepted_length = tl.zeros((), tl.int64)
     target_lse = 0.0
@@ -160,6 +171,8 @@ def _ears_rejection_kernel(
                 h = _target_uncertainty(target_local_max_ptr, target_local_max_stride, logit_idx, target_lse,
                                         vocab_num_blocks, PADDED_VOCAB_NUM_BLOCKS)
                 tolerance = alpha * h
+                if HAS_BUDGET:  # no more tolerance than the request's TV budget left can pay for
+                    tolerance = tl.minimum(tolerance, budget_left.to(tl.float32))
                 # MRV2's test, unchanged: p(x) > u * q(x) in log form.
                 standard = target_logprob > tl.log(u) + draft_logprob
                 # EARS: u <= p/q + alpha*h, for p(x) > 0 only. u - 0.0 is u, so alpha*h = 0 adds nothing.
@@ -167,10 +180,13 @@ def _ears_rejection_kernel(
                 threshold = u - tolerance
                 accepted = standard | (possible & ((threshold <= 0.0)
                                                    | (target_logprob > tl.log(threshold) + draft_logprob)))
+                # The exact expected TV cost of the tolerance here; min(1, p/q) in log space (p/q = inf: cost 0).
+                ratio = tl.exp(tl.minimum(target_logprob - draft_logprob, 0.0))
+                tv = tl.where(possible, tl.minimum(ratio + tolerance, 1.0) - ratio, 0.0)
+                if HAS_BUDGET:
+                    budget_left = tl.maximum(budget_left - tv.to(tl.float64), 0.0)
+                    spent += tv.to(tl.float64)
                 if RECORD:
-                    # min(1, p/q) in log space; p/q = inf (q(x) = 0) gives 1 and a cost of 0.
-                    ratio = tl.exp(tl.minimum(target_logprob - draft_logprob, 0.0))
-                    tv = tl.where(possible, tl.minimum(ratio + tolerance, 1.0) - ratio, 0.0)
                     num_decided += 1.0
                     h_sum += h
                     tv_sum += tv
@@ -182,6 +198,8 @@ def _ears_rejection_kernel(
     tl.store(num_accepted_ptr + req_idx, accepted_length)
     tl.store(target_rejected_lse_ptr + req_idx, target_lse)
     tl.store(draft_rejected_lse_ptr + req_idx, draft_lse)
+    if HAS_BUDGET:
+        tl.store(tv_spent_ptr + spent_slot, spent)
     if RECORD:
         if num_decided > 0:
             tl.atomic_add(counters_ptr + 0, num_tolerance.to(tl.float64))
@@ -235,18 +253,26 @@ def ears_rejection_sample_mrv2(
     counters: torch.Tensor | None = None,  # [NUM_COUNTERS] float64, added to
     use_fp64: bool = False,
     scratch: Scratch | None = None,
+    tv_budget: torch.Tensor | None = None,  # [max_num_reqs] float32, inf: none
+    tv_spent: torch.Tensor | None = None,  # [num_budget_slots] float64, added to
+    tv_spent_slot: torch.Tensor | None = None,  # [max_num_reqs] int32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MRV2's ``rejection_sample`` (same arguments, same outputs) with the EARS acceptance rule and counters.
 
     Returns ``(sampled [num_reqs, num_speculative_steps + 1] int64, num_sampled [num_reqs] int32)``: each request's
     accepted drafts then its recovered or bonus token; entries at and after ``num_sampled`` are unspecified.
     Standard verification only (no synthetic rates, block verification, FLy or watermarking: ``config.py``
-    refuses them with EARS).
+    refuses them with EARS). With a TV budget (``tv_budget``, ``tv_spent``, ``tv_spent_slot`` together) each
+    request's tolerance is at most ``tv_budget - tv_spent`` (its request-state slot's budget, minus what its entry of
+    ``tv_spent`` records), and each decided position's cost is added to that entry in place.
     """
     assert target_logits.ndim == 2 and target_logits.stride(-1) == 1
     assert draft_logits is None or (draft_logits.ndim == 3 and draft_logits.stride(-1) == 1)
     assert alpha.dtype == torch.float32 and alpha.shape == temperature.shape
     assert counters is None or (counters.dtype == torch.float64 and counters.numel() == NUM_COUNTERS)
+    has_budget = tv_budget is not None
+    assert has_budget == (tv_spent is not None) == (tv_spent_slot is not None)
+    assert not has_budget or (tv_spent.dtype == torch.float64 and tv_budget.shape == temperature.shape)
     scratch = scratch if scratch is not None else Scratch()
     device = target_logits.device
     num_reqs = cu_num_logits.shape[0] - 1
@@ -295,11 +321,12 @@ def ears_rejection_sample_mrv2(
         draft_sampled, draft_logits, draft_stride_0, draft_stride_1,
         draft_local_max, draft_local_max.stride(0),
         draft_local_sumexp, draft_local_sumexp.stride(0),
-        cu_num_logits, idx_mapping, temperature, seed, pos, alpha, counters,
+        cu_num_logits, idx_mapping, temperature, seed, pos, alpha, counters, tv_budget, tv_spent, tv_spent_slot,
         vocab_num_blocks,
         PADDED_VOCAB_NUM_BLOCKS=padded_vocab_num_blocks,
         HAS_DRAFT_LOGITS=has_draft_logits,
         RECORD=counters is not None,
+        HAS_BUDGET=has_budget,
         num_warps=1,
     )
 

@@ -100,10 +100,20 @@ def run_mrv2(mrv2, b):
     return sampled.cpu(), num_sampled.cpu()
 
 
-def run_ears(mrv2, b, alpha, counters=None):
+def run_ears(mrv2, b, alpha, counters=None, budget=None):
+    """``budget``: None, or (tv_budget [max_num_reqs], tv_spent [slots], tv_spent_slot [max_num_reqs]) on DEV."""
     table = torch.full((b.max_num_reqs,), alpha, dtype=torch.float32) if isinstance(alpha, float) else alpha
-    sampled, num_sampled = mrv2.ears.ears_rejection_sample_mrv2(*args(b), table.to(DEV), counters=counters)
+    kw = {} if budget is None else dict(zip(("tv_budget", "tv_spent", "tv_spent_slot"), budget))
+    sampled, num_sampled = mrv2.ears.ears_rejection_sample_mrv2(*args(b), table.to(DEV), counters=counters, **kw)
     return sampled.cpu(), num_sampled.cpu()
+
+
+def budget_state(b, values, spent=0.0):
+    """A TV budget per request-state slot, spent entries in reversed slot order (the kernel must follow the map)."""
+    n = b.max_num_reqs
+    return (torch.as_tensor(values, dtype=torch.float32).expand(n).clone().to(DEV),
+            torch.full((n + 2,), spent, dtype=torch.float64, device=DEV),
+            torch.arange(n + 1, 1, -1, dtype=torch.int32, device=DEV))
 
 
 def assert_same_tokens(a, b):
@@ -134,16 +144,20 @@ def test_alpha_zero_is_mrv2_token_for_token(mrv2, case, seed):
 
 
 # ---- alpha > 0: the rule, decision by decision ----------------------------------------------------------------
-def reference(b, u, alpha):
-    """Per request: accepted drafts under ``u <= p/q + alpha*h`` (p > 0; argmax matching when greedy), and the
-    counters (tolerance-accepted, decided positions, sum h, sum of min(1, p/q + alpha h) - min(1, p/q)); also the
-    smallest distance of a decision from its threshold, for the float32 kernel to be comparable."""
+def reference(b, u, alpha, budget=None):
+    """Per request: accepted drafts under ``u <= p/q + t`` (p > 0; argmax matching when greedy) with the tolerance
+    ``t = alpha*h``, or ``min(alpha*h, budget left)`` with a TV budget per request-state slot; the counters
+    (tolerance-accepted, decided positions, sum h, sum of min(1, p/q + t) - min(1, p/q)); what each slot spent; and
+    the smallest distance of a decision from its threshold, for the float32 kernel to be comparable."""
     logits = b.logits.cpu().double()
     draft = b.draft_sampled.cpu()
     temp, idx = b.temperature.cpu(), b.idx_mapping.cpu()
     accepted, counters, margin = [], [0, 0, 0.0, 0.0], math.inf
+    spent = {}
     for r in range(b.num_reqs):
         s, start, a = int(idx[r]), b.cu[r], float(alpha[int(idx[r])])
+        left = math.inf if budget is None else float(budget[s])
+        spent[s] = 0.0
         n_acc = 0
         for i in range(b.num_draft[r]):
             row, x = start + i, int(draft[start + i + 1])
@@ -160,28 +174,46 @@ def reference(b, u, alpha):
                     q = (torch.softmax(b.draft_logits[s, i].cpu().double() / float(temp[s]), -1)[x]
                          if b.draft_logits is not None else 1.0)
                     ratio = float(p[x]) / float(q)
-                    ok = float(p[x]) > 0 and float(u[row]) <= ratio + a * h
+                    t = min(a * h, left)
+                    ok = float(p[x]) > 0 and float(u[row]) <= ratio + t
                     standard = float(u[row]) <= ratio
                     if float(p[x]) > 0:
-                        margin = min(margin, abs(float(u[row]) - ratio - a * h), abs(float(u[row]) - ratio))
-                        counters[3] += min(1.0, ratio + a * h) - min(1.0, ratio)
+                        margin = min(margin, abs(float(u[row]) - ratio - t), abs(float(u[row]) - ratio))
+                        cost = min(1.0, ratio + t) - min(1.0, ratio)
+                        counters[3] += cost
+                        spent[s] += cost
+                        left = max(0.0, left - cost)
                     counters[0] += int(ok and not standard)
             if not ok:
                 break
             n_acc += 1
         accepted.append(n_acc)
-    return accepted, counters, margin
+    return accepted, counters, margin, spent
 
 
+@pytest.mark.parametrize("with_budget", [False, True])
 @pytest.mark.parametrize("draft_logits", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_decisions_follow_the_ears_rule(mrv2, draft_logits, seed):
+def test_decisions_follow_the_ears_rule(mrv2, draft_logits, seed, with_budget):
     b = make_batch(seed + 10, num_reqs=8, k=4, greedy_frac=0.25, draft_logits=draft_logits, placeholder_frac=0.3,
                    ragged=True, vocab=40, draft_argmax_frac=0.3)
-    alpha = torch.rand(b.max_num_reqs, generator=torch.Generator().manual_seed(seed)).to(torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.rand(b.max_num_reqs, generator=g).to(torch.float32)
+    budget = None
+    if with_budget:  # small budgets, one of them inf; half already partly spent
+        limits = torch.rand(b.max_num_reqs, generator=g) * 0.4
+        limits[int(b.idx_mapping[0])] = float("inf")
+        budget = budget_state(b, limits.tolist(), spent=0.0)
+        budget[1][::2] = 0.05
     counters = torch.zeros(4, dtype=torch.float64, device=DEV)
-    sampled, num_sampled = run_ears(mrv2, b, alpha, counters)
-    accepted, expected, margin = reference(b, kernel_uniforms(b.seed, b.expanded_idx_mapping, b.pos), alpha)
+    spent_before = None if budget is None else budget[1].cpu().clone()
+    sampled, num_sampled = run_ears(mrv2, b, alpha, counters, budget)
+    left = None
+    if budget is not None:
+        slot = budget[2].cpu().long()
+        left = (budget[0].cpu().double() - spent_before[slot]).clamp(min=0)
+    accepted, expected, margin, spent = reference(b, kernel_uniforms(b.seed, b.expanded_idx_mapping, b.pos), alpha,
+                                                  left)
     assert margin > 1e-5, "a decision within float32 rounding of its threshold: pick another seed"
     assert num_sampled.tolist() == [a + 1 for a in accepted]
     draft = b.draft_sampled.cpu()
@@ -191,11 +223,25 @@ def test_decisions_follow_the_ears_rule(mrv2, draft_logits, seed):
     got = counters.cpu().tolist()
     assert got[:2] == expected[:2]
     assert got[2:] == pytest.approx(expected[2:], rel=1e-5, abs=1e-5)
-    assert expected[0] > 0  # the tolerance mattered in this batch
+    assert expected[3] > 0 and (budget is not None or expected[0] > 0)  # the tolerance mattered in this batch
+    if budget is not None:  # each request's costs were added to its own entry, and stayed within its budget
+        slot = budget[2].cpu().long()
+        for s, cost in spent.items():
+            assert float(budget[1].cpu()[slot[s]] - spent_before[slot[s]]) == pytest.approx(cost, abs=1e-5)
+            assert cost <= float(left[s]) + 1e-6
     # With alpha 0 the same batch accepts what MRV2 accepts, and nothing thanks to a tolerance.
     counters.zero_()
     assert_same_tokens(run_ears(mrv2, b, 0.0, counters), run_mrv2(mrv2, b))
     assert counters[0].item() == 0 and counters[3].item() == 0
+
+
+@pytest.mark.parametrize("draft_logits", [False, True])
+def test_budget_zero_is_mrv2_and_inf_is_no_budget(mrv2, draft_logits):
+    b = make_batch(12, num_reqs=6, k=3, greedy_frac=0.2, draft_logits=draft_logits, placeholder_frac=0.2)
+    zero = budget_state(b, 0.0)
+    assert_same_tokens(run_ears(mrv2, b, 0.9, budget=zero), run_mrv2(mrv2, b))
+    assert float(zero[1].abs().sum()) == 0.0
+    assert_same_tokens(run_ears(mrv2, b, 0.9, budget=budget_state(b, float("inf"))), run_ears(mrv2, b, 0.9))
 
 
 def test_zero_probability_drafts_never_accepted(mrv2):

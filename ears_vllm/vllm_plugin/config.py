@@ -1,9 +1,12 @@
-"""The EARS settings: the two speculative-config keys EARS adds, one validated object, and how it travels.
+"""The EARS settings: the speculative-config keys EARS adds, one validated object, and how it travels.
 
-``--speculative-config '{"method": "ngram", ..., "rejection_sampler": "ears", "alpha": 0.3}'``
+``--speculative-config '{"method": "ngram", ..., "rejection_sampler": "ears", "alpha": 0.3, "tv_budget": 2}'``
 
 - ``rejection_sampler``: ``"ears"`` or ``"standard"`` (default; vLLM's own sampler, untouched).
 - ``alpha``: a number in [0, 1]; only with ``"ears"``; default ``DEFAULT_ALPHA`` (0.3, the paper's setting).
+- ``tv_budget``: a number >= 0; only with ``"ears"``; default none. Each request's tolerance is at most what is left
+  of B, and it spends the exact expected TV cost of every position it verifies, so its completion's distribution
+  is within total variation B of the target model's (``docs/vllm.md``, "TV budget"). 0 is the standard rule.
 
 ``EarsSettings`` is the one settings object: it validates itself when built, whoever builds it. The front-end
 (``patches/engine_args.py``) builds it once, before any model loads, from the speculative config (or a hand-written
@@ -11,20 +14,25 @@
 ["ears"]``: vLLM hashes that dict as JSON and pickles it to the engine core and every worker / tensor-parallel rank.
 Every consumer reads it back with ``EarsSettings.of(vllm_config)``.
 
-Per request: ``SamplingParams(extra_args={"ears_alpha": 0.1})`` (OpenAI: ``extra_body={"vllm_xargs": {...}}``),
-checked by ``request_alpha()``. This module imports nothing from vLLM, so it is cheap to use anywhere.
+Per request: ``SamplingParams(extra_args={"ears_alpha": 0.1, "ears_tv_budget": 1.5})`` (OpenAI:
+``extra_body={"vllm_xargs": {...}}``), checked by ``request_alpha()`` and ``request_tv_budget()``. This module
+imports nothing from vLLM, so it is cheap to use anywhere.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Mapping
 
 from .._common import check_alpha
 
 SAMPLER_KEY = "rejection_sampler"
 ALPHA_KEY = "alpha"
+TV_BUDGET_KEY = "tv_budget"
 REQUEST_ALPHA_KEY = "ears_alpha"
+REQUEST_TV_BUDGET_KEY = "ears_tv_budget"
 ADDITIONAL_CONFIG_KEY = "ears"
 SAMPLERS = ("standard", "ears")
 DEFAULT_ALPHA = 0.3
@@ -34,12 +42,20 @@ class EarsConfigError(ValueError):
     """A bad EARS setting. Its message is one line: the key, the value, and what is allowed."""
 
 
+def check_tv_budget(budget, name: str) -> float:
+    """A TV budget: a real number >= 0 (inf allowed: no budget), NaN and booleans rejected; returns a float."""
+    if isinstance(budget, bool) or not isinstance(budget, Real) or math.isnan(budget) or budget < 0:
+        raise EarsConfigError(f"{name}={budget!r} is not allowed: it must be a number >= 0")
+    return float(budget)
+
+
 @dataclass(frozen=True)
 class EarsSettings:
-    """``rejection_sampler`` and ``alpha``, validated on construction (``EarsConfigError``)."""
+    """``rejection_sampler``, ``alpha`` and ``tv_budget``, validated on construction (``EarsConfigError``)."""
 
     rejection_sampler: str = "standard"
     alpha: float = DEFAULT_ALPHA
+    tv_budget: float | None = None
 
     def __post_init__(self):
         if self.rejection_sampler not in SAMPLERS:
@@ -49,6 +65,9 @@ class EarsSettings:
             )
         object.__setattr__(self, "alpha",
                            check_alpha(self.alpha, f"speculative_config[{ALPHA_KEY!r}]", EarsConfigError))
+        if self.tv_budget is not None:
+            object.__setattr__(self, "tv_budget",
+                               check_tv_budget(self.tv_budget, f"speculative_config[{TV_BUDGET_KEY!r}]"))
 
     @property
     def enabled(self) -> bool:
@@ -57,26 +76,34 @@ class EarsSettings:
     def as_dict(self) -> dict[str, Any]:
         if not self.enabled:
             return {SAMPLER_KEY: self.rejection_sampler}
-        return {SAMPLER_KEY: self.rejection_sampler, ALPHA_KEY: self.alpha}
+        out = {SAMPLER_KEY: self.rejection_sampler, ALPHA_KEY: self.alpha}
+        if self.tv_budget is not None:
+            out[TV_BUDGET_KEY] = self.tv_budget
+        return out
 
     @classmethod
     def pop_from(cls, spec: dict[str, Any], has_method: bool) -> EarsSettings | None:
-        """Remove ``rejection_sampler`` / ``alpha`` from a speculative-config dict (in place) and validate them.
+        """Remove ``rejection_sampler`` / ``alpha`` / ``tv_budget`` from a speculative-config dict (in place) and
+        validate them.
 
-        Returns None when neither key is present. ``has_method`` says whether the dict (or a ``--spec-*`` flag)
-        names a speculative method or draft model: the keys mean nothing without one.
+        Returns None when none of the keys is present. ``has_method`` says whether the dict (or a ``--spec-*``
+        flag) names a speculative method or draft model: the keys mean nothing without one.
         """
-        has_sampler, has_alpha = SAMPLER_KEY in spec, ALPHA_KEY in spec
-        if not has_sampler and not has_alpha:
+        has_sampler, has_alpha, has_budget = SAMPLER_KEY in spec, ALPHA_KEY in spec, TV_BUDGET_KEY in spec
+        if not (has_sampler or has_alpha or has_budget):
             return None
-        settings = cls(spec.pop(SAMPLER_KEY, "standard"), spec.pop(ALPHA_KEY, DEFAULT_ALPHA))
-        if has_alpha and not settings.enabled:
-            raise EarsConfigError(
-                f"speculative_config[{ALPHA_KEY!r}]={settings.alpha!r} is not allowed with "
-                f"{SAMPLER_KEY}={settings.rejection_sampler!r}: alpha needs {SAMPLER_KEY}='ears'"
-            )
+        settings = cls(spec.pop(SAMPLER_KEY, "standard"), spec.pop(ALPHA_KEY, DEFAULT_ALPHA),
+                       spec.pop(TV_BUDGET_KEY, None))
+        for key, given, value in ((ALPHA_KEY, has_alpha, settings.alpha),
+                                  (TV_BUDGET_KEY, has_budget, settings.tv_budget)):
+            if given and not settings.enabled:
+                raise EarsConfigError(
+                    f"speculative_config[{key!r}]={value!r} is not allowed with "
+                    f"{SAMPLER_KEY}={settings.rejection_sampler!r}: {key} needs {SAMPLER_KEY}='ears'"
+                )
         if not has_method:
-            key, value = (SAMPLER_KEY, settings.rejection_sampler) if has_sampler else (ALPHA_KEY, settings.alpha)
+            key, value = ((SAMPLER_KEY, settings.rejection_sampler) if has_sampler else
+                          (ALPHA_KEY, settings.alpha) if has_alpha else (TV_BUDGET_KEY, settings.tv_budget))
             raise EarsConfigError(
                 f"speculative_config[{key!r}]={value!r} is not allowed without a speculative method: "
                 f"add \"method\" (ngram, draft_model, eagle3, ...) or \"model\""
@@ -113,7 +140,7 @@ class EarsSettings:
         if raw or settings is None:
             raise EarsConfigError(
                 f"additional_config[{ADDITIONAL_CONFIG_KEY!r}] has keys {sorted(raw)}: "
-                f"only {SAMPLER_KEY!r} and {ALPHA_KEY!r} are allowed"
+                f"only {SAMPLER_KEY!r}, {ALPHA_KEY!r} and {TV_BUDGET_KEY!r} are allowed"
             )
         return settings
 
@@ -132,3 +159,10 @@ def request_alpha(extra_args: Mapping[str, Any] | None) -> float | None:
     if not extra_args or REQUEST_ALPHA_KEY not in extra_args:
         return None
     return check_alpha(extra_args[REQUEST_ALPHA_KEY], f"extra_args[{REQUEST_ALPHA_KEY!r}]", EarsConfigError)
+
+
+def request_tv_budget(extra_args: Mapping[str, Any] | None) -> float | None:
+    """The per-request TV budget from ``SamplingParams.extra_args`` (None if absent); raises EarsConfigError."""
+    if not extra_args or REQUEST_TV_BUDGET_KEY not in extra_args:
+        return None
+    return check_tv_budget(extra_args[REQUEST_TV_BUDGET_KEY], f"extra_args[{REQUEST_TV_BUDGET_KEY!r}]")

@@ -8,42 +8,42 @@ gathering and ``-1`` placeholders (grammar-invalid drafts, drafts of a step that
 chunking of large batches, logprobs, sampling masks, the accepted / rejected counts. Randomness is MRV2's
 stateless draw from (request seed, position), so a seeded request gives the same tokens at any batch index.
 
-Per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), kept per request-state
-slot in ``RequestAlphaTable``, as MRV2 keeps temperature (``SamplingStates``). Counters: the kernel adds them into
-a device tensor; after each step a pinned copy is queued (``CounterSnapshots``) and read when the runner's output
-is (``patches/gpu_model_runner_v2.py``), as the difference from the step before, so warm-up steps, whose outputs
-nobody reads, are never counted.
+Per request: ``SamplingParams.extra_args["ears_alpha"]`` and ``["ears_tv_budget"]`` (validated in the front-end),
+kept per request-state slot in ``RequestAlphaTable`` / ``RequestBudgetTable``, as MRV2 keeps temperature
+(``SamplingStates``); what a budgeted request spent is kept by request id until it finishes. Counters: the kernel
+adds them into a device tensor; after each step a pinned copy is queued (``CounterSnapshots``) and read when the
+runner's output is (``patches/gpu_model_runner_v2.py``), as the difference from the step before, so warm-up steps,
+whose outputs nobody reads, are never counted.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from vllm.v1.worker.gpu.spec_decode.rejection_sampler import RejectionSampler
 
 from .config import EarsSettings, request_alpha
 from .mrv2_rejection import NUM_COUNTERS, Scratch, ears_rejection_sample_mrv2
+from .request_budget import NO_BUDGET, BudgetLedger, budget_of
 
 
-class RequestAlphaTable:
-    """alpha per MRV2 request-state slot: ``add_request`` stages a value, ``apply_staged_writes`` publishes it."""
+class SlotTable:
+    """One value per MRV2 request-state slot, written on the host and read on the device: MRV2's own
+    ``UvaBackedTensor`` on CUDA (no copy kernel), a plain tensor on CPU. ``np`` stages, ``apply_staged_writes``
+    publishes, ``gpu`` is the device view (read it every step: the UVA pool rotates its buffers)."""
 
-    def __init__(self, default_alpha: float, max_num_reqs: int, device: torch.device):
-        self.default = float(default_alpha)
+    def __init__(self, max_num_reqs: int, dtype: torch.dtype, fill, device: torch.device):
         self._uva = None
-        if device.type == "cuda":  # MRV2's own host-written, device-read buffer (UVA, no copy kernel)
+        if device.type == "cuda":
             from vllm.v1.worker.gpu.buffer_utils import UvaBackedTensor
 
-            self._uva = UvaBackedTensor(max_num_reqs, dtype=torch.float32)
+            self._uva = UvaBackedTensor(max_num_reqs, dtype=dtype)
             self.np = self._uva.np
         else:
-            self._cpu = torch.empty(max_num_reqs, dtype=torch.float32, device=device)
+            self._cpu = torch.empty(max_num_reqs, dtype=dtype, device=device)
             self.np = self._cpu.numpy()
-        self.np.fill(self.default)
+        self.np.fill(fill)
         self.apply_staged_writes()
-
-    def add_request(self, req_idx: int, sampling_params) -> None:
-        alpha = request_alpha(getattr(sampling_params, "extra_args", None))
-        self.np[req_idx] = self.default if alpha is None else alpha
 
     def apply_staged_writes(self) -> None:
         if self._uva is not None:
@@ -51,8 +51,46 @@ class RequestAlphaTable:
 
     @property
     def gpu(self) -> torch.Tensor:
-        """``[max_num_reqs]`` float32 on the device (read it every step: the UVA pool rotates its buffers)."""
         return self._uva.gpu if self._uva is not None else self._cpu
+
+
+class RequestAlphaTable(SlotTable):
+    """alpha per MRV2 request-state slot."""
+
+    def __init__(self, default_alpha: float, max_num_reqs: int, device: torch.device):
+        self.default = float(default_alpha)
+        super().__init__(max_num_reqs, torch.float32, self.default, device)
+
+    def add_request(self, req_idx: int, sampling_params) -> None:
+        alpha = request_alpha(getattr(sampling_params, "extra_args", None))
+        self.np[req_idx] = self.default if alpha is None else alpha
+
+
+class RequestBudgetTable:
+    """TV budget per MRV2 request-state slot, and each slot's entry in a ``BudgetLedger`` keyed by request id (MRV2
+    frees a preempted request's slot and adds the request again when it resumes: what it spent stays)."""
+
+    def __init__(self, default_budget: float | None, max_num_reqs: int, device: torch.device):
+        self.default = default_budget
+        self.budget = SlotTable(max_num_reqs, torch.float32, NO_BUDGET, device)
+        self.entry = SlotTable(max_num_reqs, torch.int32, 0, device)
+        self.ledger = BudgetLedger(device)
+
+    def add_request(self, req_idx: int, req_id: str | None, sampling_params) -> None:
+        budget = budget_of(sampling_params, self.default)
+        self.budget.np[req_idx] = budget
+        self.entry.np[req_idx] = self.ledger.entry(req_id) if budget < NO_BUDGET and req_id is not None else 0
+
+    def apply_staged_writes(self) -> None:
+        self.budget.apply_staged_writes()
+        self.entry.apply_staged_writes()
+
+    def active(self, idx_mapping_np) -> bool:
+        """Whether a request of the step has a budget (a host check: the slots' budgets are staged on the host)."""
+        return bool(np.isfinite(self.budget.np[idx_mapping_np]).any())
+
+    def release(self, req_id: str) -> None:
+        self.ledger.release(req_id)
 
 
 class CounterSnapshots:
@@ -103,16 +141,23 @@ class EarsMrv2RejectionSampler(RejectionSampler):
                              "rates, block verification, FLy or watermarking")
         self.alpha = float(settings.alpha)
         self.alphas = RequestAlphaTable(settings.alpha, max_num_reqs, device)
+        self.budgets = RequestBudgetTable(settings.tv_budget, max_num_reqs, device)
         self.snapshots = CounterSnapshots(device)
         self._scratch = Scratch()
         self._pending: tuple[int, int | None] | None = None
 
-    # ---- per-request alpha: the runner calls these next to Sampler.add_request / apply_staged_writes -------------
-    def add_request(self, req_idx: int, sampling_params) -> None:
+    # ---- per-request alpha and budget: the runner calls these next to Sampler.add_request / apply_staged_writes -
+    def add_request(self, req_idx: int, sampling_params, req_id: str | None = None) -> None:
         self.alphas.add_request(req_idx, sampling_params)
+        self.budgets.add_request(req_idx, req_id, sampling_params)
 
     def apply_staged_writes(self) -> None:
         self.alphas.apply_staged_writes()
+        self.budgets.apply_staged_writes()
+
+    def finish_request(self, req_id: str) -> None:
+        """The request finished (not merely preempted): what it spent is forgotten."""
+        self.budgets.release(req_id)
 
     # ---- the step ----------------------------------------------------------------------------------------------
     def __call__(self, logits, input_batch, draft_logits=None, invalid_drafts=None):
@@ -128,11 +173,15 @@ class EarsMrv2RejectionSampler(RejectionSampler):
             seq_lens_upper_bound_np,
         )
         states = self.sampler.sampling_states
+        budget = {}
+        if self.budgets.active(idx_mapping_np):
+            budget = dict(tv_budget=self.budgets.budget.gpu, tv_spent=self.budgets.ledger.spent,
+                          tv_spent_slot=self.budgets.entry.gpu)
         sampled, num_sampled = ears_rejection_sample_mrv2(
             processed_logits, draft_logits, verify_draft_sampled, cu_num_logits, pos, idx_mapping,
             expanded_idx_mapping, expanded_local_pos, states.temperature.gpu, states.seeds.gpu,
             self.num_speculative_steps, self.alphas.gpu, counters=self.snapshots.counters,
-            use_fp64=self.sampler.use_fp64_gumbel, scratch=self._scratch,
+            use_fp64=self.sampler.use_fp64_gumbel, scratch=self._scratch, **budget,
         )
         return processed_logits, sampled, num_sampled
 

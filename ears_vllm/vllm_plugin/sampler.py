@@ -23,8 +23,10 @@ batch has a seeded request (a race keeps a seeded token the same when the logits
 sizes; an inverse CDF does not); one uniform per request on CPU otherwise (inverse CDF, cheaper).
 
 Alpha per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), kept per batch slot
-by ``RequestAlphas``. Counters (tolerance-accepted drafts; positions decided by the random rule, the sum of their
-uncertainty and of their expected TV cost) are accumulated per step and handed over by ``take_pending()``.
+by ``RequestAlphas``; TV budgets (configured, or ``extra_args["ears_tv_budget"]``) by ``RequestBudgets``, which
+gives each step what each request has left and takes what it spent. Counters (tolerance-accepted drafts; positions
+decided by the random rule, the sum of their uncertainty and of their expected TV cost) are accumulated per step
+and handed over by ``take_pending()``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise
 
 from .config import EarsSettings
 from .request_alpha import RequestAlphas
+from .request_budget import RequestBudgets
 from .top_k_top_p import apply_top_k_top_p_cpu
 
 logger = init_logger("vllm.ears_vllm")
@@ -52,12 +55,14 @@ logger = init_logger("vllm.ears_vllm")
 class EarsRejectionSampler(vllm_rs.RejectionSampler):
     """``RejectionSampler`` whose random-sampling verification is EARS; greedy requests use argmax matching."""
 
-    def __init__(self, sampler, spec_config, device, settings: EarsSettings, alphas: RequestAlphas | None = None):
+    def __init__(self, sampler, spec_config, device, settings: EarsSettings, alphas: RequestAlphas | None = None,
+                 budgets: RequestBudgets | None = None):
         super().__init__(sampler, spec_config, device)
         if self.synthetic_mode or getattr(self, "use_fly", False):
             raise ValueError("EARS replaces rejection_sample_method='standard' only")
         self.alpha = float(settings.alpha)
         self.alphas = alphas
+        self.budgets = budgets
         # Counters are recorded only while the runner samples real requests (not in warm-up / profiling runs).
         self.recording = False
         self._pending: list[tuple[torch.Tensor, object]] = []
@@ -87,7 +92,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         for processor in sm.logitsprocs.non_argmax_invariant:
             if not (isinstance(processor, MinTokensLogitsProcessor) and not processor.min_toks):
                 return True
-        return any(processor is not self.alphas for processor in sm.logitsprocs.argmax_invariant)
+        return any(processor is not self.alphas and processor is not self.budgets
+                   for processor in sm.logitsprocs.argmax_invariant)
 
     def _forward_fused(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
         sm = sampling_metadata
@@ -169,11 +175,15 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
                 i: g for i, g in sm.generators.items() if metadata.num_draft_tokens[i] > 0}
             noise = self._noise(batch_size, logits.shape[1], device, seeded)
             alpha = self.alphas.alpha(batch_size) if self.alphas is not None else self.alpha
+        remaining = None if sm.all_greedy or self.budgets is None else self.budgets.remaining(batch_size)
         out = ears_rejection_sample(
             metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
             metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
-            validate=False,
+            validate=False, tv_budget=remaining,
         )
+        if remaining is not None:
+            self.budgets.spend(out.tv_cost, expand_batch_to_tokens(
+                torch.arange(batch_size, device=device), metadata.cu_num_draft_tokens, num_tokens))
         if self.recording and not sm.all_greedy:
             self._record(out, temperature, metadata.cu_num_draft_tokens, num_tokens)
         return out.output_token_ids

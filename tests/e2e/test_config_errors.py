@@ -55,6 +55,12 @@ BAD = [
     ({"alpha": 0.3}, "speculative_config['alpha']=0.3 is not allowed with rejection_sampler='standard'"),
     ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "synthetic"},
      "speculative_config['rejection_sample_method']='synthetic' is not allowed with rejection_sampler='ears'"),
+    ({**NGRAM, "rejection_sampler": "ears", "tv_budget": -1}, "speculative_config['tv_budget']=-1 is not allowed"),
+    ({**NGRAM, "rejection_sampler": "ears", "tv_budget": float("nan")},
+     "speculative_config['tv_budget']=nan is not allowed"),
+    ({**NGRAM, "rejection_sampler": "ears", "tv_budget": True}, "speculative_config['tv_budget']=True"),
+    ({**NGRAM, "tv_budget": 1.0},
+     "speculative_config['tv_budget']=1.0 is not allowed with rejection_sampler='standard'"),
     # Block verification and FLy (0.33) change the acceptance rule themselves: EARS cannot combine with them.
     ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "block"},
      "speculative_config['rejection_sample_method']='block' is not allowed with rejection_sampler='ears'"),
@@ -90,6 +96,16 @@ def test_good_config_reaches_additional_config(engine_args_cls):
     assert config.speculative_config.method == "ngram"
     # EARS runs in both runners: it does not make vLLM leave Model Runner V2 (this CPU uses V1 for lack of Triton).
     assert config._get_v2_model_runner_unsupported_features() == []
+
+
+def test_tv_budget_reaches_every_process(engine_args_cls):
+    args = engine_args_cls(model=TARGET, speculative_config={**NGRAM, "rejection_sampler": "ears", "tv_budget": 2},
+                           enforce_eager=True, max_model_len=256)
+    config = args.create_engine_config()
+    assert config.additional_config["ears"] == {"rejection_sampler": "ears", "alpha": 0.3, "tv_budget": 2.0}
+    from ears_vllm.vllm_plugin.config import EarsSettings
+
+    assert EarsSettings.of(config).tv_budget == 2.0
 
 
 def test_adaptive_verification_combines_with_ears(engine_args_cls):

@@ -372,6 +372,38 @@ def test_call_inside_rejection_sampler(mrv2, invalid):
     assert ears.take_pending() is None  # the counters of a step are handed over once
 
 
+def test_budget_follows_the_request_inside_rejection_sampler(mrv2):
+    """Per-request ``ears_tv_budget`` in MRV2: each request spends at most its budget, by request id, so what it
+    spent survives MRV2 freeing its state slot (preemption) and adding it again in another slot; budget 0 is MRV2's
+    own verification; a finished request's entry is freed."""
+    b = make_batch(13, num_reqs=4, k=3, greedy_frac=0.0, draft_logits=True, draft_argmax_frac=0.3)
+    batch = batch_of(b)
+    stock = mrv2.rejection_sampler.RejectionSampler(stub_sampler(b), spec_config(b.k), DEV)
+    ears = mrv2.sampler.EarsMrv2RejectionSampler(stub_sampler(b), spec_config(b.k), DEV, ears_settings(1.0),
+                                                 b.max_num_reqs)
+    slots = b.idx_mapping.tolist()
+    limits = [0.0, 0.3, None, 0.0]
+    for r, (slot, limit) in enumerate(zip(slots, limits)):
+        xargs = None if limit is None else {"ears_tv_budget": limit}
+        ears.add_request(slot, types.SimpleNamespace(extra_args=xargs), f"req-{r}")
+    ears.apply_staged_writes()
+    want = stock(b.logits, batch, b.draft_logits)
+    got = ears(b.logits, batch, b.draft_logits)
+    table = ears.budgets
+    spent = {r: float(table.ledger.spent[table.ledger.entry(f"req-{r}")]) for r in (0, 1, 3)}
+    assert spent[0] == spent[3] == 0.0 and 0.0 < spent[1] <= 0.3 + 1e-6
+    for r in (0, 3):  # budget 0: MRV2's own tokens
+        n = int(want.num_sampled[r])
+        assert int(got.num_sampled[r]) == n and torch.equal(got.sampled_token_ids[r, :n].cpu(),
+                                                            want.sampled_token_ids[r, :n].cpu())
+    # Request 1 is preempted (MRV2 frees its slot) and resumes in another slot: what it spent stays.
+    free_slot = next(i for i in range(b.max_num_reqs) if i not in slots)
+    ears.add_request(free_slot, types.SimpleNamespace(extra_args={"ears_tv_budget": 0.3}), "req-1")
+    assert table.entry.np[free_slot] == table.entry.np[slots[1]] != 0
+    ears.finish_request("req-1")
+    assert "req-1" not in table.ledger._entry and len(table.ledger) == 2  # requests 0 and 3
+
+
 @pytest.mark.parametrize("method", ["block", "synthetic"])
 def test_sampler_refuses_other_verification(mrv2, method):
     b = make_batch(0, num_reqs=2, k=2)

@@ -389,6 +389,66 @@ def test_per_request_alpha_follows_the_batch_slots(vllm_parts):
     assert accepted(3) == [False, False, True]
 
 
+def test_per_request_tv_budget_follows_the_request(vllm_parts):
+    """``RequestBudgets``: what a request spent of its TV budget follows the request across steps and across its
+    removal from the batch and return (vLLM's V1 runner removes a request whenever a step does not schedule it), a
+    request never spends more than its budget, budget 0 is the standard rule, and a finished request's entry is
+    freed. Flat target over V tokens, one-hot drafts, alpha 1: every decided draft's tolerance would cost
+    1 - 1/V."""
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
+
+    from ears_vllm.vllm_plugin import EarsSettings
+    from ears_vllm.vllm_plugin.request_alpha import RequestAlphas
+    from ears_vllm.vllm_plugin.request_budget import RequestBudgets
+    from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
+
+    _, Sampler = vllm_parts
+    cpu = torch.device("cpu")
+    alphas, budgets = RequestAlphas(1.0, 8, cpu), RequestBudgets(None, 8, cpu)
+    ears = EarsRejectionSampler(Sampler(), None, cpu, EarsSettings("ears", 1.0), alphas, budgets)
+    procs = LogitsProcessors()
+    procs.argmax_invariant.extend([alphas, budgets])
+    assert not ears.needs_processed_copy(sampling_metadata([1.0], logitsprocs=procs))
+
+    def params(budget):
+        return SamplingParams(temperature=1.0, extra_args=None if budget is None else {"ears_tv_budget": budget})
+
+    def step(batch, seed, n=3):
+        s = dict(num_draft=[n] * batch, temps=[1.0] * batch, logits=torch.zeros(batch * (n + 1), VOCAB),
+                 draft=[1] * (batch * n), draft_probs=None, top_k=None, top_p=None, seeds=None, logprobs=None)
+        return (run(ears, s, seed, logitsprocs=procs).sampled_token_ids[:, :n] == 1).cumprod(1).sum(1).tolist()
+
+    def spent(p):
+        return float(budgets.ledger.spent[budgets.ledger.entry(id(p))])
+
+    cost = 1 - 1 / VOCAB
+    a, b, c = params(1.5), params(0.0), params(None)
+    budgets.update_state(BatchUpdate(3, removed=[], moved=[],
+                                     added=[(0, a, None, []), (1, b, None, []), (2, c, None, [])]))
+    alphas.update_state(BatchUpdate(3, removed=[], moved=[],
+                                    added=[(0, a, None, []), (1, b, None, []), (2, c, None, [])]))
+    first = step(3, 0)
+    assert first[2] == 3  # no budget: alpha 1 accepts every draft
+    assert spent(a) == pytest.approx(1.5, abs=1e-6)  # one full tolerance (cost 1 - 1/V), then the rest of 1.5
+    assert spent(b) == 0.0
+    # a leaves the batch (not scheduled this step) and comes back in another slot: its budget stays spent.
+    budgets.update_state(BatchUpdate(2, removed=[0], moved=[], added=[(0, c, None, [])]))
+    budgets.update_state(BatchUpdate(3, removed=[], moved=[], added=[(2, a, None, [])]))
+    alphas.update_state(BatchUpdate(3, removed=[], moved=[], added=[(0, c, None, []), (2, a, None, [])]))
+    totals = torch.zeros(3)
+    for seed in range(1, 11):
+        totals += torch.tensor(step(3, seed), dtype=torch.float32)
+    assert totals[0] == 30  # c: no budget
+    # a and b have nothing left: the standard rule accepts a draft with p = 1/V w.p. 1/V (30 chances each).
+    assert totals[1] <= 6 and totals[2] <= 6
+    assert spent(a) == pytest.approx(1.5, abs=1e-6) and spent(b) == 0.0
+    assert cost < 1.5 < 2 * cost
+    budgets.release(a)
+    assert len(budgets.ledger) == 1  # b's entry only (c has no budget, a's was freed)
+
+
 def test_register_is_idempotent(vllm_parts):
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import SamplingParams

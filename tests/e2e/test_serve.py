@@ -55,8 +55,9 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def complete(server: Server, prompts=PROMPTS, *, temperature: float, alpha: float | None = None, seed: int = 0,
-             max_tokens: int = N_TOKENS) -> list[str]:
-    extra = {"vllm_xargs": {"ears_alpha": alpha}} if alpha is not None else None
+             max_tokens: int = N_TOKENS, xargs: dict | None = None) -> list[str]:
+    xargs = {**({"ears_alpha": alpha} if alpha is not None else {}), **(xargs or {})}
+    extra = {"vllm_xargs": xargs} if xargs else None
     out = client(server).completions.create(model=TARGET, prompt=prompts, max_tokens=max_tokens,
                                             temperature=temperature, seed=seed, extra_body=extra)
     return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
@@ -180,6 +181,34 @@ def test_per_request_alpha_changes_counters(servers):
     print("tolerance-accepted tokens per alpha:", counts, "expected TV cost:", costs)
     assert counts[0.0] == 0 and counts[1.0] > 0
     assert costs[0.0] == 0.0 and costs[1.0] > 0.0
+
+
+def test_per_request_tv_budget_caps_each_requests_cost(servers):
+    """``ears_tv_budget`` B per request: the TV cost a request adds never exceeds B (each prompt of a completion
+    request is one engine request), budget 0 is the standard rule (no cost, no tolerance-accepted draft), and the
+    unbudgeted cost of the same requests is far above the cap (so the cap did something)."""
+    s = servers["ears"]
+    n, budget = len(PROMPTS), 0.2
+    costs, counts = {}, {}
+    for name, xargs in (("none", {}), ("capped", {"ears_tv_budget": budget}), ("zero", {"ears_tv_budget": 0})):
+        before = s.metrics()
+        complete(s, temperature=1.0, seed=3, alpha=1.0, xargs=xargs)
+        after = s.metrics()
+        costs[name] = delta(after, before, "vllm:ears_tv_cost_sum_total")
+        counts[name] = delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total")
+    print("TV cost per arm:", costs, "tolerance-accepted:", counts)
+    assert costs["none"] > n * budget
+    assert 0.0 < costs["capped"] <= n * budget + 1e-6
+    assert costs["zero"] == 0.0 and counts["zero"] == 0
+
+
+@pytest.mark.parametrize("bad", [-0.5, "1", None])
+def test_bad_per_request_tv_budget_is_400(servers, bad):
+    s = servers["ears"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(s).completions.create(model=TARGET, prompt="Hello", max_tokens=4,
+                                     extra_body={"vllm_xargs": {"ears_tv_budget": bad}})
+    assert "ears_tv_budget" in str(e.value)
 
 
 # (A JSON `true` is coerced to 1 by the OpenAI protocol model before vLLM sees it, so it is not tested here.)

@@ -1,16 +1,18 @@
 """Patch the V1 ``GPUModelRunner`` (``vllm.v1.worker.gpu_model_runner``; ``CPUModelRunner`` subclasses it).
 
-Four methods, three jobs; only the first needs EARS:
+Five methods, three jobs; only the first needs EARS:
 
-1. **EARS verifies the drafts** (``__init__``, ``sample_tokens``). Active without EARS: no.
+1. **EARS verifies the drafts** (``__init__``, ``sample_tokens``, ``_update_states``). Active without EARS: no.
    Why: the runner builds ``self.rejection_sampler = RejectionSampler(...)`` in ``__init__``; vLLM has no hook to
    choose another rejection sampler.
    How: ``__init__``: call the original, then, when EARS verifies the drafts, replace ``self.rejection_sampler``
    with ``EarsRejectionSampler`` (a subclass, same call signature), add its per-slot alpha state
-   (``RequestAlphas``) to the input batch's logits processors so that vLLM's batch updates reach it, and log "EARS
-   rejection sampler active: ...". ``sample_tokens``: mark the sampler as recording while real requests are
-   sampled (warm-up / profiling runs are not counted), then attach its counters to the ``ModelRunnerOutput`` as
-   the attribute ``ears_stats`` (for an async output, when its ``get_output()`` runs).
+   (``RequestAlphas``) and TV-budget state (``RequestBudgets``) to the input batch's logits processors so that
+   vLLM's batch updates reach them, and log "EARS rejection sampler active: ...". ``_update_states``: before the
+   original drops the finished requests, free their TV-budget entries (they outlive removals from the batch).
+   ``sample_tokens``: mark the sampler as recording while real requests are sampled (warm-up / profiling runs are
+   not counted), then attach its counters to the ``ModelRunnerOutput`` as the attribute ``ears_stats`` (for an
+   async output, when its ``get_output()`` runs).
    Remove when: vLLM lets a plugin provide the rejection sampler.
 2. **A seeded request must not kill a CPU engine** (``sample_tokens``, ``_bookkeeping_sync``). Active without
    EARS: yes, in every CPU engine (vLLM's own code path, whichever rejection sampler runs, with or without
@@ -108,14 +110,16 @@ def apply(runner_module) -> None:
         if settings is None or getattr(self, "rejection_sampler", None) is None:
             return
         from ..request_alpha import RequestAlphas
+        from ..request_budget import RequestBudgets
         from ..sampler import EarsRejectionSampler
 
-        # Per-request alpha rides vLLM's per-slot updates of its logits processors (the input batch keeps this
-        # LogitsProcessors object when it is rebuilt for the KV cache's block sizes).
+        # Per-request alpha and TV budget ride vLLM's per-slot updates of its logits processors (the input batch
+        # keeps this LogitsProcessors object when it is rebuilt for the KV cache's block sizes).
         alphas = RequestAlphas(settings.alpha, self.max_num_reqs, self.device)
-        self.input_batch.logitsprocs.argmax_invariant.append(alphas)
+        budgets = RequestBudgets(settings.tv_budget, self.max_num_reqs, self.device)
+        self.input_batch.logitsprocs.argmax_invariant.extend([alphas, budgets])
         self.rejection_sampler = EarsRejectionSampler(
-            self.sampler, self.speculative_config, self.device, settings, alphas
+            self.sampler, self.speculative_config, self.device, settings, alphas, budgets
         )
         backend = "triton (fused kernel, CUDA)" if self.device.type == "cuda" else f"torch ({self.device.type})"
         log_once(
@@ -133,6 +137,17 @@ def apply(runner_module) -> None:
             return _sample_with_ears_stats(original, self, *args, **kwargs)  # 1
         finally:
             self._ears_saved_generators = {}
+
+    # ---- 1. a finished request's TV-budget entry is freed (it outlives the request's removals from the batch) ----
+    @wrap(cls, "_update_states")
+    def _update_states(original, self, scheduler_output, *args, **kwargs):
+        budgets = getattr(getattr(self, "rejection_sampler", None), "budgets", None)
+        if budgets is not None:
+            for req_id in scheduler_output.finished_req_ids:
+                state = self.requests.get(req_id)
+                if state is not None:
+                    budgets.release(state.sampling_params)
+        return original(self, scheduler_output, *args, **kwargs)
 
     # ---- 2. CPU generators of discarded samples are rewound by state ----------------------------------------
     @wrap(cls, "_bookkeeping_sync")

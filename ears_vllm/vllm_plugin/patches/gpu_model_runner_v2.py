@@ -2,18 +2,20 @@
 
 Why: MRV2 builds ``self.rejection_sampler = RejectionSampler(...)`` in ``load_model``; vLLM has no hook to choose
 another rejection sampler, nor a way for one to see each request's sampling parameters or report statistics.
-How, three methods:
+How, four methods:
 - ``load_model``: call the original, then, when EARS verifies the drafts, replace MRV2's ``RejectionSampler`` with
   ``EarsMrv2RejectionSampler`` (a subclass, same call; ``mrv2_sampler.py``) and log "EARS rejection sampler
   active". A model that brings its own rejection sampler (``model_state.custom_sampler``) is refused with a
   one-line error: EARS would silently not run.
-- ``add_requests``: after the original, hand each new request's sampling parameters to the sampler (its alpha,
-  by request-state slot), as the runner does for MRV2's ``Sampler``, and publish them.
+- ``add_requests``: after the original, hand each new request's sampling parameters to the sampler (its alpha and
+  TV budget, by request-state slot), as the runner does for MRV2's ``Sampler``, and publish them.
+- ``finish_requests``: before the original, forget what the finished requests spent of their TV budgets (a
+  preempted request, which MRV2 removes and adds again later, keeps it).
 - ``sample_tokens``: after the original, attach the step's EARS counters to the ``ModelRunnerOutput`` that the
   returned ``AsyncOutput.get_output()`` gives (attribute ``ears_stats``, read by ``scheduler.py``); reading them
   waits for that step's copy only, after the tokens' own copy.
 Active without EARS: no.
-Versions: vLLM 0.32.x and 0.33.x (same three methods; read against both sources, run on neither's GPU runner: the
+Versions: vLLM 0.32.x and 0.33.x (same four methods; read against both sources, run on neither's GPU runner: the
 sampler itself ran on CPU under Triton's interpreter, and on a GPU with 0.33's sources).
 Remove when: vLLM lets a plugin provide MRV2's rejection sampler and its statistics.
 """
@@ -60,7 +62,8 @@ def add_request_alphas(runner, scheduler_output) -> None:
     for new_req_data in scheduler_output.scheduled_new_reqs:
         if new_req_data.sampling_params is None:
             continue
-        sampler.add_request(runner.req_states.req_id_to_index[new_req_data.req_id], new_req_data.sampling_params)
+        sampler.add_request(runner.req_states.req_id_to_index[new_req_data.req_id], new_req_data.sampling_params,
+                            new_req_data.req_id)
         added = True
     if added:
         sampler.apply_staged_writes()
@@ -106,6 +109,14 @@ def apply(runner_v2_module) -> None:
         if _ears_sampler(self) is not None:
             add_request_alphas(self, scheduler_output)
         return result
+
+    @wrap(cls, "finish_requests")
+    def finish_requests(original, self, scheduler_output, *args, **kwargs):
+        sampler = _ears_sampler(self)
+        if sampler is not None:  # finished, not preempted: a preempted request keeps what it spent
+            for req_id in scheduler_output.finished_req_ids:
+                sampler.finish_request(req_id)
+        return original(self, scheduler_output, *args, **kwargs)
 
     @wrap(cls, "sample_tokens")
     def sample_tokens(original, self, *args, **kwargs):

@@ -13,7 +13,10 @@ and ``patches/scheduler.py``). Exposed on ``/metrics`` (labels ``model_name``, `
   the token EARS emitted and the target distribution, ``min(1, p/q + alpha*h) - min(1, p/q)`` (0 with alpha 0):
   the quality cost of the tolerance; mean cost per decided draft = this / ``ears_num_verified_draft_tokens_total``;
 - ``vllm:ears_mean_uncertainty``, ``vllm:ears_mean_tv_cost``: those means since start-up (gauges);
-  ``vllm:ears_alpha``: the configured alpha.
+  ``vllm:ears_alpha``: the configured alpha;
+- ``vllm:ears_request_tv_spent``: histogram of the total expected TV cost each finished request spent (what it
+  spent of its TV budget, when it has one: at most the budget). Per request, with vLLM's
+  ``--per-request-spec-decode-metrics``: ``spec_decode_metrics.ears_tv_spent`` / ``speculative_decoding.ears_tv_spent``.
 
 The periodic ``SpecDecoding metrics:`` log line gains ``EARS tolerance-accepted: N tokens (x% of accepted), EARS
 mean uncertainty: h, EARS TV cost: c per decided draft``.
@@ -22,6 +25,9 @@ mean uncertainty: h, EARS TV cost: c per decided draft``.
 from __future__ import annotations
 
 import prometheus_client
+
+# Total TV cost per request: budgets of interest run from a hundredth to tens.
+REQUEST_TV_BUCKETS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
 
 class EarsProm:
@@ -56,6 +62,11 @@ class EarsProm:
             name="vllm:ears_mean_tv_cost",
             documentation="Mean expected TV cost per EARS-verified draft token since start-up.",
             labelnames=labelnames, multiprocess_mode="mostrecent"))
+        self.request_tv_spent = per_engine(prometheus_client.Histogram(
+            name="vllm:ears_request_tv_spent",
+            documentation="Total expected TV cost each finished request spent over its verified positions (at most "
+                          "its TV budget when it has one).",
+            labelnames=labelnames, buckets=REQUEST_TV_BUCKETS))
         alpha_gauge = per_engine(gauge(
             name="vllm:ears_alpha", documentation="Configured EARS alpha (requests may override it).",
             labelnames=labelnames, multiprocess_mode="mostrecent"))
@@ -64,6 +75,8 @@ class EarsProm:
         self._totals = {idx: [0, 0.0, 0.0] for idx in per_engine_labelvalues}
 
     def observe(self, stats, engine_idx: int = 0) -> None:
+        for spent in getattr(stats, "ears_request_tv_spent", ()):
+            self.request_tv_spent[engine_idx].observe(spent)
         verified = getattr(stats, "ears_num_verified", 0)
         if not verified:
             return

@@ -52,6 +52,7 @@ from vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils import (
 
 # Counters added by the kernel, in this order (``EarsMrv2RejectionSampler`` reads them back).
 NUM_COUNTERS = 4  # tolerance-accepted drafts, decided positions, sum of h, sum of the expected TV cost
+_NUM_COUNTERS = tl.constexpr(NUM_COUNTERS)
 # MRV2's block sizes (rejection_sample): statistics per 8192 tokens, resampling per 1024.
 VOCAB_BLOCK_SIZE = 8192
 RESAMPLE_BLOCK_SIZE = 1024
@@ -104,7 +105,7 @@ def _ears_rejection_kernel(
     seed_ptr,  # [max_num_reqs]
     pos_ptr,  # [num_logits]
     alpha_ptr,  # [max_num_reqs] float32
-    counters_ptr,  # [NUM_COUNTERS] float64, added to
+    counters_ptr,  # [NUM_COUNTERS (+ max_num_reqs if PER_REQUEST)] float64: the four added to; each request's cost
     tv_budget_ptr,  # [max_num_reqs] float32, inf: none (read only when HAS_BUDGET)
     tv_spent_ptr,  # [num_budget_slots] float64, read and added to (HAS_BUDGET)
     tv_spent_slot_ptr,  # [max_num_reqs] int32: each request's entry of tv_spent (HAS_BUDGET)
@@ -112,6 +113,7 @@ def _ears_rejection_kernel(
     PADDED_VOCAB_NUM_BLOCKS: tl.constexpr,
     HAS_DRAFT_LOGITS: tl.constexpr,
     RECORD: tl.constexpr,
+    PER_REQUEST: tl.constexpr,
     HAS_BUDGET: tl.constexpr,
 ):
     req_idx = tl.program_id(0)
@@ -201,6 +203,8 @@ def _ears_rejection_kernel(
     if HAS_BUDGET:
         tl.store(tv_spent_ptr + spent_slot, spent)
     if RECORD:
+        if PER_REQUEST:  # this step's cost of each request, at its request-state slot (0 for a greedy one)
+            tl.store(counters_ptr + _NUM_COUNTERS + req_state_idx, tv_sum.to(tl.float64))
         if num_decided > 0:
             tl.atomic_add(counters_ptr + 0, num_tolerance.to(tl.float64))
             tl.atomic_add(counters_ptr + 1, num_decided.to(tl.float64))
@@ -250,7 +254,7 @@ def ears_rejection_sample_mrv2(
     seed: torch.Tensor,  # [max_num_reqs]
     num_speculative_steps: int,
     alpha: torch.Tensor,  # [max_num_reqs] float32
-    counters: torch.Tensor | None = None,  # [NUM_COUNTERS] float64, added to
+    counters: torch.Tensor | None = None,  # [NUM_COUNTERS (+ max_num_reqs)] float64
     use_fp64: bool = False,
     scratch: Scratch | None = None,
     tv_budget: torch.Tensor | None = None,  # [max_num_reqs] float32, inf: none
@@ -261,6 +265,8 @@ def ears_rejection_sample_mrv2(
 
     Returns ``(sampled [num_reqs, num_speculative_steps + 1] int64, num_sampled [num_reqs] int32)``: each request's
     accepted drafts then its recovered or bonus token; entries at and after ``num_sampled`` are unspecified.
+    ``counters``: the four counters are added to its first entries; if it has ``max_num_reqs`` more, each request's
+    TV cost in this step is written at ``NUM_COUNTERS + its request-state slot``.
     Standard verification only (no synthetic rates, block verification, FLy or watermarking: ``config.py``
     refuses them with EARS). With a TV budget (``tv_budget``, ``tv_spent``, ``tv_spent_slot`` together) each
     request's tolerance is at most ``tv_budget - tv_spent`` (its request-state slot's budget, minus what its entry of
@@ -269,7 +275,8 @@ def ears_rejection_sample_mrv2(
     assert target_logits.ndim == 2 and target_logits.stride(-1) == 1
     assert draft_logits is None or (draft_logits.ndim == 3 and draft_logits.stride(-1) == 1)
     assert alpha.dtype == torch.float32 and alpha.shape == temperature.shape
-    assert counters is None or (counters.dtype == torch.float64 and counters.numel() == NUM_COUNTERS)
+    assert counters is None or (counters.dtype == torch.float64
+                                and counters.numel() in (NUM_COUNTERS, NUM_COUNTERS + temperature.numel()))
     has_budget = tv_budget is not None
     assert has_budget == (tv_spent is not None) == (tv_spent_slot is not None)
     assert not has_budget or (tv_spent.dtype == torch.float64 and tv_budget.shape == temperature.shape)
@@ -326,6 +333,7 @@ def ears_rejection_sample_mrv2(
         PADDED_VOCAB_NUM_BLOCKS=padded_vocab_num_blocks,
         HAS_DRAFT_LOGITS=has_draft_logits,
         RECORD=counters is not None,
+        PER_REQUEST=counters is not None and counters.numel() > NUM_COUNTERS,
         HAS_BUDGET=has_budget,
         num_warps=1,
     )

@@ -94,14 +94,15 @@ class RequestBudgetTable:
 
 
 class CounterSnapshots:
-    """Cumulative device counters, a ring of pinned host copies, and the per-step difference."""
+    """Cumulative device counters (then each request's cost of the last step, by request-state slot), a ring of
+    pinned host copies, and the per-step difference."""
 
     RING = 32  # snapshots in flight at most; the runner keeps 2-3 steps in flight
 
-    def __init__(self, device: torch.device):
-        self.counters = torch.zeros(NUM_COUNTERS, dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device, max_num_reqs: int):
+        self.counters = torch.zeros(NUM_COUNTERS + max_num_reqs, dtype=torch.float64, device=device)
         self._cuda = device.type == "cuda"
-        self._host = torch.zeros(self.RING, NUM_COUNTERS, dtype=torch.float64, pin_memory=self._cuda)
+        self._host = torch.zeros(self.RING, self.counters.numel(), dtype=torch.float64, pin_memory=self._cuda)
         self._events = [torch.cuda.Event() for _ in range(self.RING)] if self._cuda else None
         self._next = 0
         self._previous: int | None = None
@@ -122,11 +123,16 @@ class CounterSnapshots:
         slot, previous = token
         if self._events is not None:
             self._events[slot].synchronize()
-        delta = self._host[slot] - (self._host[previous] if previous is not None else 0.0)
+        now = self._host[slot, :NUM_COUNTERS]
+        delta = now - (self._host[previous, :NUM_COUNTERS] if previous is not None else 0.0)
         tolerance, decided, h_sum, tv_sum = delta.tolist()
         if decided <= 0:
             return None
         return int(round(tolerance)), int(round(decided)), float(h_sum), float(tv_sum)
+
+    def request_costs(self, token: tuple[int, int | None], slots) -> list[float]:
+        """That step's TV cost of the requests in the given request-state slots (after ``read``)."""
+        return self._host[token[0], NUM_COUNTERS + torch.as_tensor(slots, dtype=torch.int64)].tolist()
 
 
 class EarsMrv2RejectionSampler(RejectionSampler):
@@ -142,9 +148,9 @@ class EarsMrv2RejectionSampler(RejectionSampler):
         self.alpha = float(settings.alpha)
         self.alphas = RequestAlphaTable(settings.alpha, max_num_reqs, device)
         self.budgets = RequestBudgetTable(settings.tv_budget, max_num_reqs, device)
-        self.snapshots = CounterSnapshots(device)
+        self.snapshots = CounterSnapshots(device, max_num_reqs)
         self._scratch = Scratch()
-        self._pending: tuple[int, int | None] | None = None
+        self._pending: tuple | None = None
 
     # ---- per-request alpha and budget: the runner calls these next to Sampler.add_request / apply_staged_writes -
     def add_request(self, req_idx: int, sampling_params, req_id: str | None = None) -> None:
@@ -162,7 +168,7 @@ class EarsMrv2RejectionSampler(RejectionSampler):
     # ---- the step ----------------------------------------------------------------------------------------------
     def __call__(self, logits, input_batch, draft_logits=None, invalid_drafts=None):
         output = super().__call__(logits, input_batch, draft_logits, invalid_drafts)
-        self._pending = self.snapshots.snapshot()
+        self._pending = (self.snapshots.snapshot(), list(input_batch.req_ids), input_batch.idx_mapping_np.copy())
         return output
 
     def _verify(self, logits, draft_logits, draft_sampled, pos, cu_num_logits, idx_mapping, idx_mapping_np,
@@ -186,7 +192,16 @@ class EarsMrv2RejectionSampler(RejectionSampler):
         return processed_logits, sampled, num_sampled
 
     # ---- counters ----------------------------------------------------------------------------------------------
-    def take_pending(self) -> tuple[int, int | None] | None:
-        """The snapshot token of the last step (None if the sampler did not run since the last call)."""
-        token, self._pending = self._pending, None
-        return token
+    def take_pending(self) -> tuple | None:
+        """The last step's (snapshot token, request ids, their request-state slots), or None if the sampler did not
+        run since the last call."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    def read_pending(self, pending: tuple) -> tuple[tuple[int, int, float, float] | None, dict[str, float]]:
+        """The step's four counters (None if it decided nothing) and {request id: its TV cost in the step}."""
+        token, req_ids, slots = pending
+        stats = self.snapshots.read(token)
+        if stats is None:
+            return None, {}
+        return stats, dict(zip(req_ids, self.snapshots.request_costs(token, slots)))

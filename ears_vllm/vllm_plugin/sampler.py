@@ -224,12 +224,14 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
                                      num_tokens)
         pos = torch.arange(num_tokens, device=cu.device) - (cu - num_draft)[req]
         decided = (pos < decided_per_request[req]).to(torch.float64)
-        values = torch.stack([
+        tv_cost = out.tv_cost.to(torch.float64)
+        per_request = torch.zeros(num_draft.numel(), dtype=torch.float64, device=cu.device).index_add_(0, req, tv_cost)
+        values = torch.cat([torch.stack([
             out.num_tolerance_accepted.sum().to(torch.float64),
             decided_per_request.sum().to(torch.float64),
             (out.uncertainty.to(torch.float64) * decided).sum(),
-            out.tv_cost.to(torch.float64).sum(),
-        ])
+            tv_cost.sum(),
+        ]), per_request])  # the four counters, then each request's TV cost in batch order
         if values.is_cuda:
             host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
             host.copy_(values, non_blocking=True)
@@ -254,9 +256,18 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         for values, event in pending:
             if event is not None:
                 event.synchronize()
-            for i, v in enumerate(values.tolist()):
+            for i, v in enumerate(values[:4].tolist()):
                 total[i] += v
         return int(total[0]), int(total[1]), float(total[2]), float(total[3])
+
+    @staticmethod
+    def request_costs(pending: list) -> list[float] | None:
+        """Each request's TV cost in the step, in batch order (call after ``sum_pending``, which waited)."""
+        costs = None
+        for values, _ in pending:
+            step = values[4:].tolist()
+            costs = step if costs is None or len(costs) != len(step) else [a + b for a, b in zip(costs, step)]
+        return costs
 
     def drain_stats(self) -> tuple[int, int, float, float] | None:
         return self.sum_pending(self.take_pending())

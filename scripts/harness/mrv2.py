@@ -71,7 +71,8 @@ def input_batch(draft_sampled, pos, cu: list[int], idx_mapping, expanded_idx_map
     device = draft_sampled.device
     num_reqs = len(cu) - 1
     return types.SimpleNamespace(
-        input_ids=draft_sampled, positions=pos, logits_indices=torch.arange(draft_sampled.numel(), device=device),
+        req_ids=[f"req-{i}" for i in range(num_reqs)], input_ids=draft_sampled, positions=pos,
+        logits_indices=torch.arange(draft_sampled.numel(), device=device),
         expanded_idx_mapping=expanded_idx_mapping, expanded_local_pos=expanded_local_pos,
         cu_num_logits=torch.tensor(cu, dtype=torch.int32, device=device),
         cu_num_logits_np=np.array(cu, dtype=np.int32), num_reqs=num_reqs,

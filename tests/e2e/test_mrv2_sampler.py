@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -359,16 +360,21 @@ def test_call_inside_rejection_sampler(mrv2, invalid):
     assert_same_tokens((got.sampled_token_ids.cpu(), got.num_sampled.cpu()),
                        (want.sampled_token_ids.cpu(), want.num_sampled.cpu()))
     assert torch.equal(got.num_rejected.cpu(), want.num_rejected.cpu())
-    step = ears.snapshots.read(ears.take_pending())
+    step, costs = ears.read_pending(ears.take_pending())
     assert step is not None and step[0] == 0 and step[3] == 0.0  # no tolerance at alpha 0
+    assert costs == {f"req-{r}": 0.0 for r in range(b.num_reqs)}
     # Per-request alpha 1 for every request, by request-state slot: more accepted, counted as such.
     for slot in range(b.max_num_reqs):
         ears.add_request(slot, types.SimpleNamespace(extra_args={"ears_alpha": 1.0}))
     ears.apply_staged_writes()
     loose = ears(b.logits, batch, b.draft_logits, invalid_drafts)
     assert int(loose.num_sampled.sum()) > int(want.num_sampled.sum())
-    step = ears.snapshots.read(ears.take_pending())
+    step, costs = ears.read_pending(ears.take_pending())
     assert step[0] == int(loose.num_sampled.sum()) - int(want.num_sampled.sum()) and step[3] > 0
+    # Each request's cost of the step, by request id; greedy requests cost nothing.
+    assert sum(costs.values()) == pytest.approx(step[3], rel=1e-6)
+    greedy = [r for r in range(b.num_reqs) if float(b.temperature[int(b.idx_mapping[r])]) == 0.0]
+    assert greedy and all(costs[f"req-{r}"] == 0.0 for r in greedy)
     assert ears.take_pending() is None  # the counters of a step are handed over once
 
 
@@ -439,10 +445,12 @@ def test_runner_patch_installs_the_ears_sampler(mrv2):
     patch.add_request_alphas(runner, types.SimpleNamespace(scheduled_new_reqs=new))
     assert sampler.alphas.gpu.cpu()[[3, 0]].tolist() == pytest.approx([0.9, 0.3])
     # The step's counters ride on the ModelRunnerOutput that get_output() returns.
-    sampler.snapshots.counters += torch.tensor([1.0, 4.0, 2.0, 0.5], dtype=torch.float64, device=DEV)
-    sampler._pending = sampler.snapshots.snapshot()
+    sampler.snapshots.counters[:4] += torch.tensor([1.0, 4.0, 2.0, 0.5], dtype=torch.float64, device=DEV)
+    sampler.snapshots.counters[4 + 3] = 0.5
+    sampler._pending = (sampler.snapshots.snapshot(), ["a", "b"], np.array([3, 0]))
     output = types.SimpleNamespace(get_output=lambda: types.SimpleNamespace())
-    assert patch.attach_stats(sampler, output).get_output().ears_stats == (1, 4, 2.0, 0.5)
+    result = patch.attach_stats(sampler, output).get_output()
+    assert result.ears_stats == (1, 4, 2.0, 0.5) and result.ears_request_tv == {"a": 0.5, "b": 0.0}
 
     plain = fake_runner(mrv2, ears=False)
     stock = plain.rejection_sampler

@@ -449,6 +449,44 @@ def test_per_request_tv_budget_follows_the_request(vllm_parts):
     assert len(budgets.ledger) == 1  # b's entry only (c has no budget, a's was freed)
 
 
+def test_request_tv_spent_reaches_stats_and_per_request_metrics(vllm_parts):
+    """The scheduler patch adds each step's per-request TV costs per request id; a request's total goes, when it
+    finishes, into the step's stats (the histogram's samples) and into its per-request spec-decode metrics, whose
+    ``to_dict`` (the OpenAI response's ``speculative_decoding``) shows it; an aborted request's total is dropped."""
+    import vllm.v1.metrics.stats as stats_module
+    from vllm.v1.spec_decode.metrics import SpecDecodingStats
+
+    from ears_vllm.vllm_plugin.patches.scheduler import _finished_spending
+    from ears_vllm.vllm_plugin.patches.spec_decoding_stats import add
+
+    metrics = stats_module.RequestSpecDecodeMetrics.new(3)
+    assert "ears_tv_spent" not in metrics.to_dict()  # absent until the plugin sets it
+    scheduler = types.SimpleNamespace(requests={"a": 1, "b": 1})
+
+    def outputs(*finished):
+        ecos = [types.SimpleNamespace(request_id=r, finish_reason="stop" if r in finished else None,
+                                      spec_decode_metrics=metrics if r == "a" else None) for r in ("a", "b")]
+        return {0: types.SimpleNamespace(outputs=ecos)}
+
+    assert _finished_spending(scheduler, outputs(), types.SimpleNamespace(ears_request_tv={"a": 0.25, "b": 0.5})) == []
+    scheduler.requests = {"a": 1}  # b was aborted: no output will carry its total
+    assert _finished_spending(scheduler, outputs("a"), types.SimpleNamespace(ears_request_tv={"a": 0.5})) == [0.75]
+    assert scheduler._ears_tv_spent == {}
+    assert metrics.to_dict()["ears_tv_spent"] == 0.75
+    # Both ride msgspec from the engine core to the front-end.
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    message = EngineCoreOutputs(outputs=[EngineCoreOutput(request_id="a", new_token_ids=[1],
+                                                          spec_decode_metrics=metrics)])
+    back = MsgpackDecoder(EngineCoreOutputs).decode(MsgpackEncoder().encode(message))
+    assert back.outputs[0].spec_decode_metrics.to_dict()["ears_tv_spent"] == 0.75
+    stats = SpecDecodingStats.new(3)
+    add(stats, 1, 2, 0.5, 0.25, [0.75])
+    add(stats, 0, 0, 0.0, 0.0, [1.5])
+    assert stats.ears_request_tv_spent == [0.75, 1.5] and SpecDecodingStats.new(3).ears_request_tv_spent == ()
+
+
 def test_register_is_idempotent(vllm_parts):
     from vllm.engine.arg_utils import EngineArgs
     from vllm.sampling_params import SamplingParams

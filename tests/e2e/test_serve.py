@@ -189,17 +189,22 @@ def test_per_request_tv_budget_caps_each_requests_cost(servers):
     unbudgeted cost of the same requests is far above the cap (so the cap did something)."""
     s = servers["ears"]
     n, budget = len(PROMPTS), 0.2
-    costs, counts = {}, {}
+    costs, counts, spent = {}, {}, {}
     for name, xargs in (("none", {}), ("capped", {"ears_tv_budget": budget}), ("zero", {"ears_tv_budget": 0})):
         before = s.metrics()
         complete(s, temperature=1.0, seed=3, alpha=1.0, xargs=xargs)
         after = s.metrics()
         costs[name] = delta(after, before, "vllm:ears_tv_cost_sum_total")
         counts[name] = delta(after, before, "vllm:ears_num_tolerance_accepted_tokens_total")
-    print("TV cost per arm:", costs, "tolerance-accepted:", counts)
+        # Each finished request's total, observed once: n observations summing to the arm's cost.
+        spent[name] = (delta(after, before, "vllm:ears_request_tv_spent_count"),
+                       delta(after, before, "vllm:ears_request_tv_spent_sum"))
+    print("TV cost per arm:", costs, "tolerance-accepted:", counts, "per-request histogram:", spent)
     assert costs["none"] > n * budget
     assert 0.0 < costs["capped"] <= n * budget + 1e-6
     assert costs["zero"] == 0.0 and counts["zero"] == 0
+    for name in costs:
+        assert spent[name][0] == n and spent[name][1] == pytest.approx(costs[name], abs=1e-6)
 
 
 @pytest.mark.parametrize("bad", [-0.5, "1", None])

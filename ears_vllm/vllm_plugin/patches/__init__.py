@@ -5,8 +5,8 @@ which vLLM versions, and what upstream change would remove it.
 Active without EARS (they fix vLLM itself, whichever rejection sampler is configured): ``cpu_triton_utils``
 (per-token sampling parameters on CPU), ``gpu_model_runner`` job 2 (seeded requests on CPU) and job 3 with
 ``spec_decode_base_proposer`` (seeded probabilistic drafts), ``draft_sampling_cpu`` (CPU draft tokens by inverse
-CDF), ``spec_decoding_stats`` (four extra fields, 0 without EARS), ``sampling_params`` (for requests that set
-``ears_alpha``).
+CDF), ``spec_decoding_stats`` and ``request_spec_decode_metrics`` (extra fields, 0 / empty / None without EARS),
+``sampling_params`` (for requests that set ``ears_alpha`` or ``ears_tv_budget``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def install() -> None:
         gpu_model_runner,
         gpu_model_runner_v2,
         prometheus_stat_logger,
+        request_spec_decode_metrics,
         sampling_params,
         scheduler,
         spec_decode_base_proposer,
@@ -37,6 +38,7 @@ def install() -> None:
     when_imported("vllm.v1.spec_decode.metrics", spec_decoding_stats.apply)
     when_imported("vllm.v1.spec_decode.metrics", spec_decoding_prom.apply)
     when_imported("vllm.v1.spec_decode.metrics", spec_decoding_logging.apply)
+    when_imported("vllm.v1.metrics.stats", request_spec_decode_metrics.apply)
     when_imported("vllm.v1.metrics.loggers", prometheus_stat_logger.apply)
     when_imported("vllm.v1.core.sched.scheduler", scheduler.apply)
     # Workers.

@@ -51,13 +51,24 @@ from ._patch import log_once, wrap
 from .spec_decode_base_proposer import KEYS_ATTR, DraftSeedKeys
 
 
+def _set_stats(output, sampler, pending) -> None:
+    """``output.ears_stats`` (the step's four counters) and ``output.ears_request_tv`` ({request id: its TV cost in
+    the step}), read by ``scheduler.py``."""
+    stats = sampler.sum_pending(pending)
+    if stats is None or output is None:
+        return
+    try:
+        output.ears_stats = stats
+        costs = sampler.request_costs(pending)
+        req_ids = getattr(output, "req_ids", None)
+        if costs is not None and req_ids is not None and len(req_ids) == len(costs):
+            output.ears_request_tv = dict(zip(req_ids, costs))
+    except AttributeError:  # not a ModelRunnerOutput (e.g. IntermediateTensors on a non-last PP rank)
+        pass
+
+
 def _attach(sampler, output):
-    stats = sampler.drain_stats()
-    if stats is not None and output is not None:
-        try:
-            output.ears_stats = stats
-        except AttributeError:  # not a ModelRunnerOutput (e.g. IntermediateTensors on a non-last PP rank)
-            pass
+    _set_stats(output, sampler, sampler.take_pending())
 
 
 def _sample_with_ears_stats(sample, runner, *args, **kwargs):
@@ -75,9 +86,7 @@ def _sample_with_ears_stats(sample, runner, *args, **kwargs):
 
         def get_output_with_stats(_get=get_output, _pending=pending):
             result = _get()
-            stats = sampler.sum_pending(_pending)  # waits for this step's counters only, like the tokens
-            if stats is not None:
-                result.ears_stats = stats
+            _set_stats(result, sampler, _pending)  # waits for this step's counters only, like the tokens
             return result
 
         output.get_output = get_output_with_stats

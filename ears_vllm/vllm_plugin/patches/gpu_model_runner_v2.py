@@ -11,9 +11,10 @@ How, four methods:
   TV budget, by request-state slot), as the runner does for MRV2's ``Sampler``, and publish them.
 - ``finish_requests``: before the original, forget what the finished requests spent of their TV budgets (a
   preempted request, which MRV2 removes and adds again later, keeps it).
-- ``sample_tokens``: after the original, attach the step's EARS counters to the ``ModelRunnerOutput`` that the
-  returned ``AsyncOutput.get_output()`` gives (attribute ``ears_stats``, read by ``scheduler.py``); reading them
-  waits for that step's copy only, after the tokens' own copy.
+- ``sample_tokens``: after the original, attach the step's EARS counters and each request's TV cost in the step to
+  the ``ModelRunnerOutput`` that the returned ``AsyncOutput.get_output()`` gives (attributes ``ears_stats`` and
+  ``ears_request_tv``, read by ``scheduler.py``); reading them waits for that step's copy only, after the tokens'
+  own copy.
 Active without EARS: no.
 Versions: vLLM 0.32.x and 0.33.x (same four methods; read against both sources, run on neither's GPU runner: the
 sampler itself ran on CPU under Triton's interpreter, and on a GPU with 0.33's sources).
@@ -70,17 +71,19 @@ def add_request_alphas(runner, scheduler_output) -> None:
 
 
 def attach_stats(sampler, output):
-    """Make ``output.get_output()`` carry the step's EARS counters (``ears_stats``) when the sampler ran."""
-    token = sampler.take_pending()
+    """Make ``output.get_output()`` carry the step's EARS counters (``ears_stats``) and each request's TV cost in the
+    step (``ears_request_tv``) when the sampler ran."""
+    pending = sampler.take_pending()
     get_output = getattr(output, "get_output", None)
-    if token is None or not callable(get_output):
+    if pending is None or not callable(get_output):
         return output
 
-    def get_output_with_stats(_get=get_output, _token=token):
+    def get_output_with_stats(_get=get_output, _pending=pending):
         result = _get()
-        stats = sampler.snapshots.read(_token)
+        stats, costs = sampler.read_pending(_pending)
         if stats is not None:
             result.ears_stats = stats
+            result.ears_request_tv = costs
         return result
 
     output.get_output = get_output_with_stats

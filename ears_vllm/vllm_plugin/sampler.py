@@ -45,6 +45,7 @@ from ears_vllm import ears_rejection_sample
 from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise
 
 from .config import EarsSettings
+from .peers import fly_deferrals, fly_entropy, typical_scale
 from .request_alpha import RequestAlphas
 from .request_budget import RequestBudgets
 from .top_k_top_p import apply_top_k_top_p_cpu
@@ -60,9 +61,13 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         super().__init__(sampler, spec_config, device)
         if self.synthetic_mode or getattr(self, "use_fly", False):
             raise ValueError("EARS replaces rejection_sample_method='standard' only")
-        self.alpha = float(settings.alpha)
+        self.alpha = float(settings.tolerance_alpha)
         self.alphas = alphas
         self.budgets = budgets
+        # An experimental rule (peers.py) instead of EARS: it rewrites the standard rule's inputs, alpha stays 0.
+        self.rule = settings.rule
+        self.knobs = dict(settings.knobs)
+        self.num_speculative_tokens = getattr(spec_config, "num_speculative_tokens", None)
         # Counters are recorded only while the runner samples real requests (not in warm-up / profiling runs).
         self.recording = False
         self._pending: list[tuple[torch.Tensor, object]] = []
@@ -72,7 +77,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         assert metadata.max_spec_len <= vllm_rs.MAX_SPEC_LEN
         batch_size = len(metadata.num_draft_tokens)
         # (vLLM's expand kernel, used on the fused path, fills at most MAX_SPEC_LEN rows per request: drafts + bonus.)
-        if (self.needs_processed_copy(sampling_metadata)
+        if (self.needs_processed_copy(sampling_metadata) or self.rule != "ears"
                 or logits.shape[0] != metadata.draft_token_ids.shape[0] + batch_size
                 or metadata.max_spec_len >= vllm_rs.MAX_SPEC_LEN):
             logger.info_once("EARS step: processed path (vLLM processes copies of the logits for this batch)")
@@ -176,17 +181,88 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
             noise = self._noise(batch_size, logits.shape[1], device, seeded)
             alpha = self.alphas.alpha(batch_size) if self.alphas is not None else self.alpha
         remaining = None if sm.all_greedy or self.budgets is None else self.budgets.remaining(batch_size)
+        rule = None
+        if self.rule != "ears":  # processed logits here: [num_tokens, vocab], scaled
+            alpha, remaining = 0.0, None
+            uniform_probs, logits, rule = self._apply_rule(metadata, draft_probs, logits, temperature, uniform_probs)
         out = ears_rejection_sample(
             metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
             metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
             validate=False, tv_budget=remaining,
         )
+        if rule is not None:
+            out = self._rule_counters(out, rule)
         if remaining is not None:
             self.budgets.spend(out.tv_cost, expand_batch_to_tokens(
                 torch.arange(batch_size, device=device), metadata.cu_num_draft_tokens, num_tokens))
         if self.recording and not sm.all_greedy:
             self._record(out, temperature, metadata.cu_num_draft_tokens, num_tokens)
         return out.output_token_ids
+
+    # ---- experimental rules (peers.py): evaluation arms --------------------------------------------------------
+    def _apply_rule(self, metadata, draft_probs, logits, temperature, uniform_probs):
+        """The standard rule's inputs as FLy or typical acceptance rewrites them: (uniforms, logits, state)."""
+        num_tokens, batch = metadata.draft_token_ids.shape[0], len(metadata.num_draft_tokens)
+        device = logits.device
+        cu = metadata.cu_num_draft_tokens.to(torch.int64)
+        num_draft = cu.diff(prepend=cu.new_zeros(1))
+        req = expand_batch_to_tokens(torch.arange(batch, device=device), metadata.cu_num_draft_tokens, num_tokens)
+        pos = torch.arange(num_tokens, device=device) - (cu - num_draft)[req]
+        random = (temperature >= GREEDY_TEMPERATURE_EPS)[req]
+        probs = torch.softmax(logits.to(torch.float32), dim=-1)
+        draft = metadata.draft_token_ids.to(torch.int64)
+        valid = draft >= 0
+        index = draft.clamp(min=0)[:, None]
+        p_x = probs.gather(1, index).squeeze(1).masked_fill(~valid, 0.0).double()
+        q_x = (valid.double() if draft_probs is None
+               else draft_probs.gather(1, index).squeeze(1).double().masked_fill(~valid, 0.0))
+        ratio = torch.where(q_x > 0, p_x / q_x.clamp(min=1e-300), torch.zeros_like(p_x))
+        u = uniform_probs.to(torch.float64)
+        state = dict(req=req, pos=pos, random=random, ratio=ratio, decidable=(p_x > 0) & (q_x > 0), u=u,
+                     batch=batch)
+        if self.rule == "typical":
+            tau = typical_scale(probs, self.knobs["posterior_alpha"], self.knobs["posterior_threshold"]).double()
+            state["tau"] = tau
+            return torch.where(random, u * tau, u), logits, state
+        # FLy: a rejected draft is accepted anyway if its target top-k entropy is high and the next W would pass.
+        k = self.num_speculative_tokens or metadata.max_spec_len
+        window = self.knobs["fly_window_size"] or min(6, k - 1)
+        greedy_match = draft == logits.argmax(dim=-1)
+        accepted = torch.where(random, valid & (q_x > 0) & (ratio >= u), valid & greedy_match)
+        draft_logit = logits.gather(1, index).squeeze(1)
+        deferrable = torch.where(random, state["decidable"], valid & (draft_logit > float("-inf")))
+
+        def per_request(t):  # [num_tokens] -> [batch, max_spec_len]
+            return torch.zeros(batch, metadata.max_spec_len, dtype=t.dtype, device=device).index_put_((req, pos), t)
+
+        deferred = torch.zeros_like(valid)
+        if window > 0:
+            entropy = fly_entropy(probs, self.knobs["fly_entropy_top_k"])
+            deferred = fly_deferrals(per_request(accepted), per_request(deferrable), per_request(entropy), num_draft,
+                                     window, self.knobs["fly_entropy_threshold"])[req, pos]
+        greedy_deferred = deferred & ~random
+        if bool(greedy_deferred.any()):  # vLLM sets the target argmax to the draft
+            logits = logits.clone()
+            rows = greedy_deferred.nonzero().squeeze(1)
+            logits[rows, draft[rows]] = float("inf")
+        state["deferred"] = deferred
+        return torch.where(deferred & random, torch.zeros_like(u), u), logits, state
+
+    def _rule_counters(self, out, state):
+        """The counters of an experimental rule: drafts accepted that the standard rule (same uniform) rejects,
+        and, for typical acceptance, the exact expected TV cost min(1, r / tau) - min(1, r) of each decided
+        position (FLy's is not a per-position quantity: 0)."""
+        req, pos, random, ratio, u = state["req"], state["pos"], state["random"], state["ratio"], state["u"]
+        num_accepted = out.num_accepted.to(torch.int64)[req]
+        extra = (pos < num_accepted) & random & (ratio < u)
+        num_tolerance = torch.zeros(state["batch"], dtype=torch.int32, device=ratio.device).index_add_(
+            0, req, extra.to(torch.int32))
+        tv_cost = torch.zeros_like(ratio)
+        if "tau" in state:
+            decided = (pos <= num_accepted) & random & state["decidable"]
+            gain = (ratio / state["tau"]).clamp(max=1.0) - ratio.clamp(max=1.0)
+            tv_cost = torch.where(decided, gain, tv_cost)
+        return out._replace(num_tolerance_accepted=num_tolerance, tv_cost=tv_cost.to(torch.float32))
 
     @staticmethod
     def _noise(batch_size, vocab_size, device, generators) -> torch.Tensor:

@@ -11,6 +11,7 @@ never runs MRV2 on CPU (vLLM uses the V1 runner there).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
@@ -45,6 +46,31 @@ CPU_TRUTH_MODULES = ("vllm.config", "vllm.engine.arg_utils", "vllm.v1.sample.sam
                      "vllm.v1.sample.rejection_sampler", "vllm.v1.outputs")
 
 
+@contextlib.contextmanager
+def vllm_triton_is_real():
+    """While it lasts, ``vllm.triton_utils`` offers the real Triton (under the interpreter on CPU): modules imported
+    inside define working kernels. The modules that read ``HAS_TRITON`` at import are imported before."""
+    import importlib
+
+    import vllm.triton_utils as triton_utils
+
+    if triton_utils.HAS_TRITON:
+        yield
+        return
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("vLLM's kernels need a GPU or TRITON_INTERPRET=1 before triton is imported")
+    for name in CPU_TRUTH_MODULES:
+        importlib.import_module(name)
+    saved = {name: getattr(triton_utils, name) for name in ("triton", "tl", "HAS_TRITON", "tldevice")}
+    triton_utils.triton, triton_utils.tl, triton_utils.HAS_TRITON = triton, tl, True
+    triton_utils.tldevice = types.SimpleNamespace(log1p=_log1p())
+    try:
+        yield
+    finally:  # what imports later sees this CPU as it is
+        for name, value in saved.items():
+            setattr(triton_utils, name, value)
+
+
 def _import_mrv2_interpreted() -> None:
     import importlib
 
@@ -52,22 +78,12 @@ def _import_mrv2_interpreted() -> None:
 
     if triton_utils.HAS_TRITON:
         return
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("MRV2's kernels need a GPU or TRITON_INTERPRET=1 before triton is imported")
     stale = [name for name in KERNEL_MODULES if name in sys.modules]
     if stale:
         raise RuntimeError(f"MRV2 modules were imported before the interpreter set-up: {stale[:3]}")
-    for name in CPU_TRUTH_MODULES:
-        importlib.import_module(name)
-    saved = {name: getattr(triton_utils, name) for name in ("triton", "tl", "HAS_TRITON", "tldevice")}
-    triton_utils.triton, triton_utils.tl, triton_utils.HAS_TRITON = triton, tl, True
-    triton_utils.tldevice = types.SimpleNamespace(log1p=_log1p())
-    try:
+    with vllm_triton_is_real():
         for name in KERNEL_MODULES:
             importlib.import_module(name)
-    finally:  # what imports later sees this CPU as it is
-        for name, value in saved.items():
-            setattr(triton_utils, name, value)
 
 
 tl_rand32 = None  # MRV2's Philox uniform (vllm/v1/worker/gpu/sample/gumbel.py), set by import_mrv2()

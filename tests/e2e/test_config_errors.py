@@ -61,6 +61,16 @@ BAD = [
     ({**NGRAM, "rejection_sampler": "ears", "tv_budget": True}, "speculative_config['tv_budget']=True"),
     ({**NGRAM, "tv_budget": 1.0},
      "speculative_config['tv_budget']=1.0 is not allowed with rejection_sampler='standard'"),
+    # The experimental rules' knobs: with their own rule only, and checked.
+    ({**NGRAM, "rejection_sampler": "ears", "posterior_alpha": 1},
+     "speculative_config['posterior_alpha']=1 is not allowed with rejection_sampler='ears'"),
+    ({**NGRAM, "rejection_sampler": "fly", "posterior_alpha": 1},
+     "speculative_config['posterior_alpha']=1 is not allowed with rejection_sampler='fly'"),
+    ({**NGRAM, "rejection_sampler": "fly", "fly_window_size": 0}, "speculative_config['fly_window_size']=0"),
+    ({**NGRAM, "rejection_sampler": "typical", "posterior_threshold": 1.5},
+     "speculative_config['posterior_threshold']=1.5"),
+    ({**NGRAM, "rejection_sampler": "typical", "alpha": 0.3},
+     "speculative_config['alpha']=0.3 is not allowed with rejection_sampler='typical'"),
     # Block verification and FLy (0.33) change the acceptance rule themselves: EARS cannot combine with them.
     ({**NGRAM, "rejection_sampler": "ears", "rejection_sample_method": "block"},
      "speculative_config['rejection_sample_method']='block' is not allowed with rejection_sampler='ears'"),
@@ -106,6 +116,19 @@ def test_tv_budget_reaches_every_process(engine_args_cls):
     from ears_vllm.vllm_plugin.config import EarsSettings
 
     assert EarsSettings.of(config).tv_budget == 2.0
+
+
+@pytest.mark.parametrize("rule,knobs", [("fly", {"fly_window_size": 2, "fly_entropy_threshold": 0.5}),
+                                        ("typical", {"posterior_alpha": 1.0})])
+def test_experimental_rule_reaches_every_process(engine_args_cls, rule, knobs):
+    args = engine_args_cls(model=TARGET, speculative_config={**NGRAM, "rejection_sampler": rule, **knobs},
+                           enforce_eager=True, max_model_len=256)
+    config = args.create_engine_config()
+    from ears_vllm.vllm_plugin.config import EarsSettings
+
+    settings = EarsSettings.of(config)
+    assert settings.rule == rule and settings.tolerance_alpha == 0.0
+    assert {k: v for k, v in settings.knobs if k in knobs} == knobs
 
 
 def test_adaptive_verification_combines_with_ears(engine_args_cls):

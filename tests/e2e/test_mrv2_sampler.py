@@ -457,6 +457,16 @@ def test_runner_patch_installs_the_ears_sampler(mrv2):
     assert not patch.install_ears(plain) and plain.rejection_sampler is stock
 
 
+def test_runner_patch_refuses_an_experimental_rule(mrv2):
+    from ears_vllm.vllm_plugin.patches import gpu_model_runner_v2 as patch
+
+    runner = fake_runner(mrv2)
+    runner.vllm_config.additional_config = {"ears": {"rejection_sampler": "fly"}}
+    with pytest.raises(RuntimeError, match="experimental rule of the V1 model runner only") as e:
+        patch.install_ears(runner)
+    assert "\n" not in str(e.value)
+
+
 def test_runner_patch_refuses_a_models_own_sampler(mrv2):
     from ears_vllm.vllm_plugin.patches import gpu_model_runner_v2 as patch
 

@@ -124,7 +124,7 @@ def apply(runner_module) -> None:
 
         # Per-request alpha and TV budget ride vLLM's per-slot updates of its logits processors (the input batch
         # keeps this LogitsProcessors object when it is rebuilt for the KV cache's block sizes).
-        alphas = RequestAlphas(settings.alpha, self.max_num_reqs, self.device)
+        alphas = RequestAlphas(settings.tolerance_alpha, self.max_num_reqs, self.device)
         budgets = RequestBudgets(settings.tv_budget, self.max_num_reqs, self.device)
         self.input_batch.logitsprocs.argmax_invariant.extend([alphas, budgets])
         self.rejection_sampler = EarsRejectionSampler(
@@ -133,8 +133,9 @@ def apply(runner_module) -> None:
         backend = "triton (fused kernel, CUDA)" if self.device.type == "cuda" else f"torch ({self.device.type})"
         log_once(
             "active",
-            "EARS rejection sampler active: alpha=%s, runner=V1 %s, backend=%s, method=%s",
+            "EARS rejection sampler active: alpha=%s, runner=V1 %s, backend=%s, method=%s%s",
             settings.alpha, type(self).__name__, backend, self.speculative_config.method,
+            "" if settings.rule == "ears" else f", experimental rule={settings.rule} {dict(settings.knobs)}",
         )
 
     # ---- 1 and 2: one wrapper of sample_tokens ---------------------------------------------------------------

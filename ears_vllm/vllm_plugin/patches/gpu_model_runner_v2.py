@@ -38,6 +38,11 @@ def install_ears(runner) -> bool:
 
     from ..mrv2_sampler import EarsMrv2RejectionSampler
 
+    if settings.rule != "ears":
+        raise RuntimeError(
+            f"rejection_sampler={settings.rule!r} is an experimental rule of the V1 model runner only, but Model "
+            f"Runner V2 was selected: set VLLM_USE_V2_MODEL_RUNNER=0"
+        )
     if type(stock) is not RejectionSampler:
         raise RuntimeError(
             f"EARS (rejection_sampler='ears') cannot replace {type(stock).__name__}, the rejection sampler this "

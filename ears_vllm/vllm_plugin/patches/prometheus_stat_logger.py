@@ -27,4 +27,4 @@ def apply(loggers_module) -> None:
         prom = getattr(self, "spec_decoding_prom", None)
         if settings is None or prom is None or not prom.spec_decoding_enabled:
             return
-        prom.ears = EarsProm(settings.alpha, ["model_name", "engine"], self.per_engine_labelvalues)
+        prom.ears = EarsProm(settings.tolerance_alpha, ["model_name", "engine"], self.per_engine_labelvalues)

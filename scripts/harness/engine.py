@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")
 PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
-# EARS plugin counters (present only in engines with rejection_sampler "ears"; /metrics adds the "_total" suffix).
+# EARS plugin counters (engines whose rejection_sampler is the plugin's; /metrics adds the "_total" suffix).
 EARS_TOLERANCE = "vllm:ears_num_tolerance_accepted_tokens"
 EARS_VERIFIED = "vllm:ears_num_verified_draft_tokens"
 EARS_H_SUM = "vllm:ears_uncertainty_sum"
@@ -30,8 +30,9 @@ SPEC_COUNTERS = SPEC_COUNTERS + (EARS_TOLERANCE, EARS_VERIFIED, EARS_H_SUM, EARS
 
 
 def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: float = None,
-                       draft_sample_method: str = None):
-    """The --speculative-config dict of an arm (None for no speculation). EARS keys come from the plugin."""
+                       draft_sample_method: str = None, knobs: dict = None):
+    """The --speculative-config dict of an arm (None for no speculation). EARS keys come from the plugin; ``knobs``:
+    an experimental rule's (``sampler`` "fly" or "typical")."""
     if sampler == "none":
         return None
     spec = {"method": method, "num_speculative_tokens": k, "rejection_sampler": sampler}
@@ -43,6 +44,7 @@ def speculative_config(method: str, sampler: str, draft: str, k: int, alpha: flo
         spec.update(prompt_lookup_max=4, prompt_lookup_min=1)
     if sampler == "ears" and alpha is not None:
         spec["alpha"] = alpha
+    spec.update(knobs or {})
     return spec
 
 
@@ -121,7 +123,9 @@ def engine_worker(job_path: str, out_path: str) -> None:
     llm.generate(prompts, SamplingParams(temperature=1.0, max_tokens=16, seed=0), use_tqdm=False)
     results = []
     for run in job["runs"]:
-        extra = {"ears_alpha": run["alpha"]} if run.get("alpha") is not None else None
+        # Per-request settings of the plugin: alpha, and any other extra_args of the run (e.g. ears_tv_budget).
+        extra = {**({"ears_alpha": run["alpha"]} if run.get("alpha") is not None else {}), **(run.get("xargs") or {})}
+        extra = extra or None
         params = [SamplingParams(temperature=run["temperature"], max_tokens=job["max_tokens"],
                                  seed=run["seed"] + i, extra_args=extra) for i in range(len(prompts))]
         before = spec_snapshot(llm)

@@ -18,9 +18,10 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
 CASES = {
     "alpha_above_1": ({**NGRAM, "rejection_sampler": "ears", "alpha": 1.5},
                       "speculative_config['alpha']=1.5 is not allowed: it must be a number in [0, 1]"),
-    "unknown_sampler": ({**NGRAM, "rejection_sampler": "typical"},
-                        "speculative_config['rejection_sampler']='typical' is not allowed: "
-                        "use one of 'standard', 'ears'"),
+    "unknown_sampler": ({**NGRAM, "rejection_sampler": "lenient"},
+                        "speculative_config['rejection_sampler']='lenient' is not allowed: "
+                        "use one of 'standard', 'ears', 'fly', 'typical' "
+                        "('fly' and 'typical': experimental, V1 runner)"),
     "no_method": ({"rejection_sampler": "ears", "alpha": 0.3},
                   "speculative_config['rejection_sampler']='ears' is not allowed without a speculative method"),
 }

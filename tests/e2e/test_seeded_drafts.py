@@ -198,8 +198,11 @@ def test_runner_sets_keys_for_the_call_only(vllm_parts):
     module, patch = vllm_parts
     seen = []
 
-    class Runner:  # the four methods the patch wraps; only the drafting one is exercised here
+    class Runner:  # the methods the patch wraps; only the drafting one is exercised here
         def __init__(self, vllm_config):
+            pass
+
+        def _update_states(self, scheduler_output):
             pass
 
         def sample_tokens(self):

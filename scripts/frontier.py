@@ -5,24 +5,29 @@ Workloads: ``creative`` (the real pair, EAGLE-3 head with probabilistic drafting
 ``gsm`` (the bundled pair, draft_model k=3, T=1.0, the GSM-format task: accuracy). At each concurrency (the engine's
 ``max_num_seqs``, every prompt submitted at once), the arms on the same prompts and per-prompt seeds:
 
-- ``standard`` (vLLM's sampler); ``ears`` at each alpha, and with TV budgets (``ears_tv_budget`` per request; one
-  engine, per-request settings); ``fly`` (vLLM 0.33's FLy, the plugin's experimental port) and ``typical`` (typical
-  acceptance) over their knobs, one engine each.
+- ``standard`` (vLLM's sampler), the reference every other arm is paired with; ``standard seed+1`` (the same engine,
+  other per-prompt seeds): the noise floor, what two lossless samples differ by on these prompts; ``ears`` at each
+  alpha (``ears a=0.0``: the lossless control, the standard rule on the plugin's code path, so its outputs equal the
+  reference's and its speed ratio is the plugin's own overhead), and with TV budgets (``ears_tv_budget`` per request;
+  one engine, per-request settings); ``fly`` (vLLM 0.33's FLy, the plugin's experimental port) and ``typical``
+  (typical acceptance) over their knobs, one engine each.
 
 Measured per arm: output tokens/s (median of passes) and its ratio to standard, TPOT ratio to standard with a 95%
 interval over prompts (concurrency 1), mean acceptance length; quality against standard with paired 95% intervals
 over prompts: the target's log-likelihood per output token (T = 1, scored by the target), distinct-2, output
 length, and task accuracy (gsm); the TV cost per output token where it is exact (EARS, typical; from the plugin's
 counters; FLy's is not a per-token quantity). ``on_frontier``: no other arm of the same workload and concurrency is
-at least as fast and at least as good (log-likelihood shift, or accuracy for gsm) and better in one. ``in_noise``:
-every quality interval contains 0.
+at least as fast and at least as good (the size of the log-likelihood shift, or the accuracy change for gsm) and
+better in one. ``in_noise``: every quality interval contains 0.
 
-One long-format CSV (``results/frontier.csv``), one plot per workload (``results/frontier_<workload>.png``).
+One long-format CSV (``results/frontier.csv``), one plot per workload (``results/frontier_<workload>.png``, named
+after the CSV). ``--arms`` runs a subset (the reference always runs).
 
 Usage::
 
     python -m scripts.frontier                                   # every workload, concurrency 1 and 4
     python -m scripts.frontier --workloads creative --concurrency 1 --n 8 --max-tokens 48   # a quick look
+    python -m scripts.frontier --arms "standard seed+1,ears a=0.0" --out results/frontier_controls.csv   # controls
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ WORKLOADS = {
     "grounded": dict(data="data/prompts_grounded.jsonl", method="ngram", k=4, temperature=0.7, real=True),
     "gsm": dict(data="data/gsm_synth_test.jsonl", method="draft_model", k=3, temperature=1.0, real=False),
 }
-EARS_ALPHAS = (0.1, 0.3, 0.5, 1.0)
+EARS_ALPHAS = (0.0, 0.1, 0.3, 0.5, 1.0)
 EARS_BUDGETS = ((1.0, 0.25), (1.0, 1.0), (1.0, 4.0), (0.5, 1.0))  # (alpha, TV budget per request)
 FLY = ((1, 0.3), (2, 0.3), (1, 0.6))  # (window, entropy threshold); top-k 3, vLLM's default
 TYPICAL = (0.2, 0.4, 1.0)  # posterior_alpha; posterior_threshold 0.95
+NOISE_SEED_OFFSET = 7919  # the noise-floor arm's per-prompt seeds: seed + offset + i, disjoint from the reference's
+REFERENCE = "standard"
 COLUMNS = ["timestamp", "device", "load1", "workload", "concurrency", "method", "k", "temperature", "n_prompts",
            "max_tokens", "passes", "arm", "rule", "alpha", "tv_budget", "fly_window", "fly_threshold",
            "posterior_alpha", "output_tokens", "tokens_per_s", "speedup_vs_standard", "tpot_ratio_vs_standard",
@@ -53,16 +60,23 @@ COLUMNS = ["timestamp", "device", "load1", "workload", "concurrency", "method", 
            "d_len_lo", "d_len_hi", "accuracy", "d_acc_pts", "d_acc_lo", "d_acc_hi", "on_frontier", "in_noise"]
 
 
-def engines(k: int) -> list[dict]:
-    """Every engine of a workload: its rule, knobs and runs (name, per-request settings)."""
+def engines(k: int, only: set[str] | None = None) -> list[dict]:
+    """Every engine of a workload: its rule, knobs and runs (name, per-request settings, seed offset); ``only``: the
+    arms to run besides the reference."""
     ears_runs = [dict(name=f"ears a={a}", alpha=a, xargs={}) for a in EARS_ALPHAS]
     ears_runs += [dict(name=f"ears a={a} B={b}", alpha=a, xargs={"ears_tv_budget": b}) for a, b in EARS_BUDGETS]
-    out = [dict(rule="standard", knobs={}, runs=[dict(name="standard", alpha=None, xargs={})]),
+    out = [dict(rule="standard", knobs={}, runs=[dict(name=REFERENCE, alpha=None, xargs={}),
+                                                  dict(name="standard seed+1", alpha=None, xargs={},
+                                                       seed_offset=NOISE_SEED_OFFSET)]),
            dict(rule="ears", knobs={}, runs=ears_runs)]
     out += [dict(rule="fly", knobs={"fly_window_size": w, "fly_entropy_threshold": t},
                  runs=[dict(name=f"fly W={w} t={t}", alpha=None, xargs={})]) for w, t in FLY if w < k]
     out += [dict(rule="typical", knobs={"posterior_alpha": a},
                  runs=[dict(name=f"typical a={a}", alpha=None, xargs={})]) for a in TYPICAL]
+    if only is not None:
+        for eng in out:
+            eng["runs"] = [r for r in eng["runs"] if r["name"] == REFERENCE or r["name"] in only]
+        out = [eng for eng in out if eng["runs"]]
     return out
 
 
@@ -78,9 +92,10 @@ def run_workload(name: str, concurrency: int, args, csv_out) -> list[dict]:
         items = task.load_jsonl(os.path.join(ROOT, wl["data"]))[: args.n_gsm]
         prompts, golds, chat = [task.format_prompt(r["question"]) for r in items], [r["answer"] for r in items], False
     arms = []
-    for eng in timing.progress(engines(k), desc=f"{name} c={concurrency}"):
-        runs = [dict(r, temperature=temperature, seed=args.seed, pass_idx=p) for p in range(args.passes)
-                for r in eng["runs"]]
+    only = None if args.arms is None else set(args.arms.split(","))
+    for eng in timing.progress(engines(k, only), desc=f"{name} c={concurrency}"):
+        runs = [dict(r, temperature=temperature, seed=args.seed + r.get("seed_offset", 0), pass_idx=p)
+                for p in range(args.passes) for r in eng["runs"]]
         spec = engine.speculative_config(wl["method"], eng["rule"], draft, k, knobs=eng["knobs"],
                                          draft_sample_method="probabilistic" if wl["method"] != "ngram" else None)
         job = dict(target=target, prompts=prompts, max_tokens=args.max_tokens, dtype=dtype, chat=chat,
@@ -114,11 +129,11 @@ def run_workload(name: str, concurrency: int, args, csv_out) -> list[dict]:
                 if not isinstance(val, list):
                     spec[key] = spec.get(key, 0) + val
         a["spec"], a["tokens"] = spec, sum(sum(p["output_tokens"]) for p in a["passes"])
-    std = next(a for a in arms if a["rule"] == "standard")
+    std = next(a for a in arms if a["name"] == REFERENCE)
     rows = []
     for a in arms:
         rows.append(row_of(a, std, name, concurrency, wl, args, prompts))
-    mark_frontier(rows, "d_acc_pts" if not wl["real"] else "d_loglik")
+    mark_frontier(rows)
     for r in rows:
         csv_out.write(r)
     return rows
@@ -155,13 +170,21 @@ def row_of(a, std, name, concurrency, wl, args, prompts) -> dict:
         tv_exact=tv_exact, d_loglik=d_ll[0], d_loglik_lo=d_ll[1], d_loglik_hi=d_ll[2], d_distinct2=d_d2[0],
         d_distinct2_lo=d_d2[1], d_distinct2_hi=d_d2[2], d_len=d_len[0], d_len_lo=d_len[1], d_len_hi=d_len[2],
         accuracy=acc, d_acc_pts=d_acc[0], d_acc_lo=d_acc[1], d_acc_hi=d_acc[2], on_frontier=False,
-        in_noise=all(lo <= 0 <= hi for _, lo, hi in quality) if a["rule"] != "standard" else True)
+        in_noise=all(lo <= 0 <= hi for _, lo, hi in quality) if a["name"] != REFERENCE else True)
 
 
-def mark_frontier(rows, quality_key) -> None:
-    """Pareto front in (speed ratio up, quality shift up): standard is the point (1, 0)."""
-    def q(r):
-        return 0.0 if r["rule"] == "standard" else r[quality_key]
+def quality(r) -> float:
+    """Higher is better. gsm: the accuracy change (points). Text: minus the size of the target log-likelihood shift:
+    a lossy rule moves the outputs away from the target's own samples in either direction (with ngram drafts copied
+    from the prompt, accepting more makes text the target finds *more* likely, and less diverse)."""
+    if r["arm"] == REFERENCE:
+        return 0.0
+    return r["d_acc_pts"] if r["workload"] == "gsm" else -abs(r["d_loglik"])
+
+
+def mark_frontier(rows) -> None:
+    """Pareto front in (speed ratio up, ``quality`` up), within one workload and concurrency; standard is (1, 0)."""
+    q = quality
 
     for r in rows:
         r["on_frontier"] = not any(
@@ -181,14 +204,14 @@ def plot(rows, path) -> None:
             pts = [r for r in rows if r["concurrency"] == c and r["rule"] == rule]
             if not pts:
                 continue
-            xs = [0.0 if rule == "standard" else r[key] for r in pts]
-            err = [[0.0 if rule == "standard" else r[key] - r[lo] for r in pts],
-                   [0.0 if rule == "standard" else r[hi] - r[key] for r in pts]]
+            xs = [0.0 if r["arm"] == REFERENCE else r[key] for r in pts]
+            err = [[0.0 if r["arm"] == REFERENCE else r[key] - r[lo] for r in pts],
+                   [0.0 if r["arm"] == REFERENCE else r[hi] - r[key] for r in pts]]
             ax.errorbar(xs, [r["speedup_vs_standard"] for r in pts], xerr=err, fmt=marker, capsize=2, label=rule,
                         alpha=0.8)
             for x, r in zip(xs, pts):
                 ax.annotate(r["arm"].replace(rule, "").strip(), (x, r["speedup_vs_standard"]), fontsize=6)
-        front = sorted((0.0 if r["rule"] == "standard" else r[key], r["speedup_vs_standard"])
+        front = sorted((0.0 if r["arm"] == REFERENCE else r[key], r["speedup_vs_standard"])
                        for r in rows if r["concurrency"] == c and r["on_frontier"])
         ax.plot(*zip(*front), "k--", lw=0.8, label="frontier")
         ax.axvline(0, color="grey", lw=0.5)
@@ -205,6 +228,35 @@ def plot(rows, path) -> None:
     plt.close(fig)
 
 
+def plot_path(csv_path: str, workload: str) -> str:
+    return f"{os.path.splitext(csv_path)[0]}_{workload}.png"
+
+
+def replot(path: str) -> None:
+    rows = timing.read_csv(path)
+    for r in rows:
+        for key in COLUMNS:
+            v = r.get(key, "")
+            if key in ("concurrency", "k", "n_prompts", "max_tokens", "passes", "output_tokens"):
+                r[key] = int(v)
+            elif key not in ("timestamp", "device", "workload", "method", "arm", "rule", "tv_exact", "on_frontier",
+                             "in_noise") and v != "":
+                r[key] = float(v)
+            elif v == "" and key.startswith("d_"):
+                r[key] = float("nan")
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["concurrency"]), []).append(r)
+    for group in groups.values():
+        mark_frontier(group)
+    out = timing.LongCsv(path, COLUMNS)
+    for r in rows:
+        out.write(r)
+    for name in dict.fromkeys(r["workload"] for r in rows):
+        plot([r for r in rows if r["workload"] == name], plot_path(path, name))
+    print(f"[frontier] rewrote {path} and its plots")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default="creative,grounded,gsm")
@@ -217,7 +269,11 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "frontier.csv"))
     ap.add_argument("--append", action="store_true", help="add rows to an existing CSV")
     ap.add_argument("--log", default=None, help="prefix for engine logs")
+    ap.add_argument("--arms", default=None, help="comma-separated arm names to run besides the reference")
+    ap.add_argument("--replot", action="store_true", help="recompute the frontier flags of --out and redraw its plots")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.out)
     csv_out = timing.LongCsv(args.out, COLUMNS, append=args.append)
     for name in args.workloads.split(","):
         rows = []
@@ -229,7 +285,7 @@ def main(argv=None):
                       f"{r['mean_accept_len']:.2f}, TV/tok {r['tv_per_token']:.3f}, d loglik {r['d_loglik']:+.3f} "
                       f"[{r['d_loglik_lo']:+.3f}, {r['d_loglik_hi']:+.3f}], d acc {r['d_acc_pts']:+.1f}, "
                       f"frontier {r['on_frontier']}, in noise {r['in_noise']}", flush=True)
-        plot(rows, os.path.join(os.path.dirname(args.out), f"frontier_{name}.png"))
+        plot(rows, plot_path(args.out, name))
     print(f"[frontier] wrote {args.out}")
 
 

@@ -150,7 +150,7 @@ def row_of(a, std, name, concurrency, wl, args, prompts) -> dict:
     ss = engine.spec_summary(a["spec"], wl["k"])
     tv_exact = a["rule"] in ("ears", "typical")
     d_ll, d_d2, d_len = paired("loglik"), paired("distinct2"), paired("length")
-    acc = d_acc = (float("nan"),) * 3
+    acc, d_acc = float("nan"), (float("nan"),) * 3
     if "correct" in a:
         acc = statistics.fmean(a["correct"])
         d_acc = [100 * v for v in intervals.paired_diff_ci(a["correct"], std["correct"])]
@@ -239,8 +239,9 @@ def replot(path: str) -> None:
             v = r.get(key, "")
             if key in ("concurrency", "k", "n_prompts", "max_tokens", "passes", "output_tokens"):
                 r[key] = int(v)
-            elif key not in ("timestamp", "device", "workload", "method", "arm", "rule", "tv_exact", "on_frontier",
-                             "in_noise") and v != "":
+            elif key in ("tv_exact", "on_frontier", "in_noise"):
+                r[key] = v == "True"
+            elif key not in ("timestamp", "device", "workload", "method", "arm", "rule") and v != "":
                 r[key] = float(v)
             elif v == "" and key.startswith("d_"):
                 r[key] = float("nan")

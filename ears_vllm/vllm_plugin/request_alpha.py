@@ -16,6 +16,23 @@ from vllm.v1.sample.logits_processor.interface import BatchUpdate, LogitsProcess
 from .config import request_alpha
 
 
+def follow_batch_update(update: BatchUpdate, columns, empty, value_of) -> None:
+    """Keep per-slot ``columns`` (numpy arrays indexed by batch slot) in step with vLLM's ``BatchUpdate``, in vLLM's
+    order: removed slots get ``empty``, added ones ``value_of(params)`` (one value per column), then moves (a swap
+    exchanges two slots; a one-way move leaves ``empty`` behind)."""
+    for index in update.removed:
+        for column, value in zip(columns, empty):
+            column[index] = value
+    for index, params, _, _ in update.added:
+        for column, value in zip(columns, value_of(params)):
+            column[index] = value
+    for a, b, direction in update.moved:
+        for column, value in zip(columns, empty):
+            moved = column[a]
+            column[a] = column[b] if direction == MoveDirectionality.SWAP else value
+            column[b] = moved
+
+
 class RequestAlphas(LogitsProcessor):
     def __init__(self, default_alpha: float, max_num_reqs: int, device: torch.device):
         self.default = float(default_alpha)
@@ -34,16 +51,11 @@ class RequestAlphas(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if not batch_update:
             return
-        # vLLM's order: removed, then added, then moved.
-        for index in batch_update.removed:
-            self._np[index] = self.default
-        for index, params, _, _ in batch_update.added:
+        def value_of(params):
             alpha = request_alpha(params.extra_args) if params is not None else None
-            self._np[index] = self.default if alpha is None else alpha
-        for a, b, direction in batch_update.moved:
-            alpha_a, alpha_b = self._np[a], self._np[b]
-            self._np[b] = alpha_a
-            self._np[a] = alpha_b if direction == MoveDirectionality.SWAP else self.default
+            return (self.default if alpha is None else alpha,)
+
+        follow_batch_update(batch_update, (self._np,), (self.default,), value_of)
         size = batch_update.batch_size
         if bool((self._np[:size] != self.default).any()):
             self._current = self._device[:size]

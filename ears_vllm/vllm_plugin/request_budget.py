@@ -17,9 +17,10 @@ from collections.abc import Hashable
 
 import numpy as np
 import torch
-from vllm.v1.sample.logits_processor.interface import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor.interface import BatchUpdate, LogitsProcessor
 
 from .config import request_tv_budget
+from .request_alpha import follow_batch_update
 
 NO_BUDGET = math.inf
 
@@ -89,17 +90,12 @@ class RequestBudgets(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if not batch_update:
             return
-        # vLLM's order: removed, then added, then moved. A removed request keeps its ledger entry (it may return).
-        for index in batch_update.removed:
-            self._budget[index], self._entry[index] = NO_BUDGET, 0
-        for index, params, _, _ in batch_update.added:
+        def value_of(params):
             budget = budget_of(params, self.default)
-            self._budget[index] = budget
-            self._entry[index] = self.ledger.entry(id(params), keep=params) if budget < NO_BUDGET else 0
-        for a, b, direction in batch_update.moved:
-            moved = self._budget[a], self._entry[a]
-            displaced = (self._budget[b], self._entry[b]) if direction == MoveDirectionality.SWAP else (NO_BUDGET, 0)
-            (self._budget[b], self._entry[b]), (self._budget[a], self._entry[a]) = moved, displaced
+            return budget, (self.ledger.entry(id(params), keep=params) if budget < NO_BUDGET else 0)
+
+        # A removed request keeps its ledger entry (it may return).
+        follow_batch_update(batch_update, (self._budget, self._entry), (NO_BUDGET, 0), value_of)
         size = batch_update.batch_size
         if bool(np.isfinite(self._budget[:size]).any()):
             budget = torch.from_numpy(self._budget[:size].copy()).to(self._device, non_blocking=True)

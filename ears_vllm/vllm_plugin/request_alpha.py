@@ -33,7 +33,18 @@ def follow_batch_update(update: BatchUpdate, columns, empty, value_of) -> None:
             column[b] = moved
 
 
-class RequestAlphas(LogitsProcessor):
+class PerRequestState(LogitsProcessor):
+    """A logits processor that only listens to vLLM's batch updates: ``apply`` returns the logits, and it is
+    argmax-invariant (vLLM calls it on random rows only, where it costs a function call)."""
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+class RequestAlphas(PerRequestState):
     def __init__(self, default_alpha: float, max_num_reqs: int, device: torch.device):
         self.default = float(default_alpha)
         pin = PIN_MEMORY and device.type != "cpu"
@@ -42,15 +53,10 @@ class RequestAlphas(LogitsProcessor):
         self._device = self._cpu if device.type == "cpu" else torch.empty(max_num_reqs, device=device)
         self._current: torch.Tensor | None = None  # [batch] when a request in the batch overrides the default
 
-    def is_argmax_invariant(self) -> bool:
-        return True
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
-
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if not batch_update:
             return
+
         def value_of(params):
             alpha = request_alpha(params.extra_args) if params is not None else None
             return (self.default if alpha is None else alpha,)

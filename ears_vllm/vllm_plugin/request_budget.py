@@ -17,10 +17,10 @@ from collections.abc import Hashable
 
 import numpy as np
 import torch
-from vllm.v1.sample.logits_processor.interface import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.interface import BatchUpdate
 
 from .config import request_tv_budget
-from .request_alpha import follow_batch_update
+from .request_alpha import PerRequestState, follow_batch_update
 
 NO_BUDGET = math.inf
 
@@ -68,7 +68,7 @@ class BudgetLedger:
         return len(self._entry)
 
 
-class RequestBudgets(LogitsProcessor):
+class RequestBudgets(PerRequestState):
     """V1 runner: each batch slot's budget and ledger entry, kept up to date from vLLM's ``BatchUpdate``s (the way
     ``RequestAlphas`` keeps alpha); a no-op logits processor otherwise (argmax-invariant, ``apply`` returns the
     logits)."""
@@ -81,15 +81,10 @@ class RequestBudgets(LogitsProcessor):
         self._device = device
         self._current: tuple[torch.Tensor, torch.Tensor] | None = None  # [batch] budget, entry; None: no budget
 
-    def is_argmax_invariant(self) -> bool:
-        return True
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
-
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if not batch_update:
             return
+
         def value_of(params):
             budget = budget_of(params, self.default)
             return budget, (self.ledger.entry(id(params), keep=params) if budget < NO_BUDGET else 0)

@@ -7,11 +7,31 @@ Active without EARS (they fix vLLM itself, whichever rejection sampler is config
 ``spec_decode_base_proposer`` (seeded probabilistic drafts), ``draft_sampling_cpu`` (CPU draft tokens by inverse
 CDF), ``spec_decoding_stats`` and ``request_spec_decode_metrics`` (extra fields, 0 / empty / None without EARS),
 ``sampling_params`` (for requests that set ``ears_alpha`` or ``ears_tv_budget``).
+
+``EARS_VLLM_FIXES=0`` in the environment turns those fixes off (``cpu_triton_utils``, ``draft_sampling_cpu``,
+``spec_decode_base_proposer``, ``gpu_model_runner`` jobs 2 and 3): vLLM's own code paths then run as vLLM ships
+them. An engine that runs EARS on CPU still applies ``cpu_triton_utils`` (EARS's sampler calls vLLM's expand);
+the inert stats fields and the check of the two per-request keys stay.
 """
 
 from __future__ import annotations
 
-from ._patch import when_imported
+import os
+
+from ..config import EarsConfigError
+from ._patch import log_once, when_imported
+
+FIXES_ENV = "EARS_VLLM_FIXES"
+FIXES = ("cpu_triton_utils", "draft_sampling_cpu", "spec_decode_base_proposer",
+         "gpu_model_runner (CPU generator rewind, seeded draft keys)")
+
+
+def fixes_enabled() -> bool:
+    """Whether the fixes of vLLM's own code paths are on: ``EARS_VLLM_FIXES`` unset or 1 (default), 0 off."""
+    value = os.environ.get(FIXES_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise EarsConfigError(f"{FIXES_ENV}={value!r} is not allowed: use 1 (the default: vLLM fixes on) or 0 (off)")
+    return value == "1"
 
 
 def install() -> None:
@@ -31,6 +51,11 @@ def install() -> None:
         spec_decoding_stats,
     )
 
+    try:
+        fixes = fixes_enabled()
+    except EarsConfigError:
+        engine_args._install_one_line_excepthook()  # the CLI prints "Error: ..." rather than a traceback
+        raise
     # Front-end: config keys, per-request alpha.
     when_imported("vllm.engine.arg_utils", engine_args.apply)
     when_imported("vllm.sampling_params", sampling_params.apply)
@@ -42,8 +67,13 @@ def install() -> None:
     when_imported("vllm.v1.metrics.loggers", prometheus_stat_logger.apply)
     when_imported("vllm.v1.core.sched.scheduler", scheduler.apply)
     # Workers.
-    when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils.apply)
-    when_imported("vllm.v1.spec_decode.llm_base_proposer", spec_decode_base_proposer.apply)
-    when_imported("vllm.v1.spec_decode.llm_base_proposer", draft_sampling_cpu.apply)
-    when_imported("vllm.v1.worker.gpu_model_runner", gpu_model_runner.apply)  # V1 runner (and the CPU runner)
+    if fixes:
+        when_imported("vllm.utils.cpu_triton_utils", cpu_triton_utils.apply)
+        when_imported("vllm.v1.spec_decode.llm_base_proposer", spec_decode_base_proposer.apply)
+        when_imported("vllm.v1.spec_decode.llm_base_proposer", draft_sampling_cpu.apply)
+    else:
+        log_once("fixes_off", "EARS plugin: %s=0: vLLM's own code paths unpatched (off: %s)", FIXES_ENV,
+                 ", ".join(FIXES))
+    when_imported("vllm.v1.worker.gpu_model_runner",  # V1 runner (and the CPU runner)
+                  lambda module: gpu_model_runner.apply(module, fixes=fixes))
     when_imported("vllm.v1.worker.gpu.model_runner", gpu_model_runner_v2.apply)  # Model Runner V2

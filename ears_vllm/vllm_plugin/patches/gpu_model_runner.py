@@ -106,7 +106,9 @@ def _discarded_cpu_generators(runner) -> dict:
     return out
 
 
-def apply(runner_module) -> None:
+def apply(runner_module, fixes: bool = True) -> None:
+    """Jobs 1-3; ``fixes`` False (``EARS_VLLM_FIXES=0``): job 1 only, and an EARS engine on CPU applies the
+    ``cpu_triton_utils`` fix itself (its sampler calls vLLM's expand)."""
     cls = runner_module.GPUModelRunner
     from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
 
@@ -130,6 +132,12 @@ def apply(runner_module) -> None:
         self.rejection_sampler = EarsRejectionSampler(
             self.sampler, self.speculative_config, self.device, settings, alphas, budgets
         )
+        if not fixes and self.device.type == "cpu":
+            import vllm.utils.cpu_triton_utils as cpu_triton_utils_module
+
+            from . import cpu_triton_utils
+
+            cpu_triton_utils.apply(cpu_triton_utils_module)
         backend = "triton (fused kernel, CUDA)" if self.device.type == "cuda" else f"torch ({self.device.type})"
         log_once(
             "active",
@@ -142,7 +150,8 @@ def apply(runner_module) -> None:
     @wrap(cls, "sample_tokens")
     def sample_tokens(original, self, *args, **kwargs):
         # 2: the states to restore instead of vLLM's offset rewind (``_bookkeeping_sync`` runs inside).
-        self._ears_saved_generators = _discarded_cpu_generators(self) if self.input_batch.generators else {}
+        saved = fixes and bool(self.input_batch.generators)
+        self._ears_saved_generators = _discarded_cpu_generators(self) if saved else {}
         try:
             return _sample_with_ears_stats(original, self, *args, **kwargs)  # 1
         finally:
@@ -158,6 +167,9 @@ def apply(runner_module) -> None:
                 if state is not None:
                     budgets.release(state.sampling_params)
         return original(self, scheduler_output, *args, **kwargs)
+
+    if not fixes:
+        return
 
     # ---- 2. CPU generators of discarded samples are rewound by state ----------------------------------------
     @wrap(cls, "_bookkeeping_sync")

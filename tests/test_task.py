@@ -65,9 +65,9 @@ def test_generator_deterministic_and_consistent():
 
 
 def test_heldout_split_is_the_one_training_excluded(tmp_path):
-    """The committed held-out split is the one ``scripts.train_pair`` generates (same seed and size), and none of its
-    questions is in the training corpus that ``train_pair`` builds with its training seed."""
-    from scripts import train_pair
+    """The committed held-out split is the one ``scripts.models.train_pair`` generates (same seed and size), and none of
+    its questions is in the training corpus that ``train_pair`` builds with its training seed."""
+    from scripts.models import train_pair
 
     committed = ROOT / "data" / "gsm_synth_test.jsonl"
     rows = task.load_jsonl(committed)

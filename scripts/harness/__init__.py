@@ -6,3 +6,7 @@
 - ``intervals``: confidence intervals (Wilson, paired differences, means).
 - ``task``: the synthetic GSM8K-format word-problem task the bundled models are trained and evaluated on.
 """
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root

@@ -3,7 +3,7 @@ probabilistic draft token by inverse CDF from one uniform, not by an exponential
 
 Why: the race fills a [rows, V] tensor with ``exponential_()``, and the drafter runs it at every draft step: on CPU
 that costs about ten times an inverse-CDF draw per row and more than the draft model's own forward (measured:
-``python -m scripts.bench_draft_sampling`` and a profile of vLLM's worker, ``docs/benchmarks.md``, "Where a
+``python -m scripts.bench.bench_draft_sampling`` and a profile of vLLM's worker, ``docs/benchmarks.md``, "Where a
 speculative step's time goes, and the drafter's sampling").
 How: the same probabilities as vLLM's function (in-place temperature division, float32 softmax, temperature 1 for
 greedy rows), the same greedy handling (argmax); the token of every other row is ``sample_inverse_cdf(probs, u)``

@@ -13,7 +13,7 @@ Everything is generated locally (no hub access):
    together with the tokenizer (chat template, bos/eos/pad) to
    ``models/target`` and ``models/draft``.
 
-Usage:  .venv/bin/python -m scripts.train_pair [--out models] [--only target|draft]
+Usage:  .venv/bin/python -m scripts.models.train_pair [--out models] [--only target|draft]
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from scripts.harness import task
+from scripts import harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(harness.ROOT)
 
 TEST_SEED = 1234
 TEST_N = 250

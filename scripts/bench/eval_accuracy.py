@@ -18,9 +18,9 @@ CSV: one row per arm (``results/eval_*.csv``; ``--quick``: ``results/quick/``, i
 
 Usage::
 
-    python -m scripts.eval_accuracy --quick
-    python -m scripts.eval_accuracy --data data/gsm_synth_test.jsonl --n 500 --repeats 2 --temperature 1.0
-    python -m scripts.eval_accuracy --server http://127.0.0.1:8000 --model models/target --data my_gsm.jsonl
+    python -m scripts.bench.eval_accuracy --quick
+    python -m scripts.bench.eval_accuracy --data data/gsm_synth_test.jsonl --n 500 --repeats 2 --temperature 1.0
+    python -m scripts.bench.eval_accuracy --server http://127.0.0.1:8000 --model models/target --data my_gsm.jsonl
 """
 
 import argparse
@@ -28,9 +28,10 @@ import os
 import sys
 import time
 
+from scripts import harness
 from scripts.harness import engine, intervals, task, timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 
 COLUMNS = ["timestamp", "device", "threads", "load1", "target", "draft", "method", "k", "data", "n_items",
            "temperature", "sampler", "alpha", "accuracy", "acc_lo", "acc_hi", "delta_pts", "delta_lo", "delta_hi",

@@ -16,9 +16,9 @@ uncertainty h; ``speedup_vs_ears_alpha0`` is the same-engine control (alpha 0 = 
 
 Usage::
 
-    python -m scripts.bench_e2e --quick                      # draft_model, T=1, alpha 0.3: 3 engines
-    python -m scripts.bench_e2e --n 64                       # the full matrix: 5 engines
-    python -m scripts.bench_e2e --target DIR --draft DIR --data my_gsm.jsonl
+    python -m scripts.bench.bench_e2e --quick                      # draft_model, T=1, alpha 0.3: 3 engines
+    python -m scripts.bench.bench_e2e --n 64                       # the full matrix: 5 engines
+    python -m scripts.bench.bench_e2e --target DIR --draft DIR --data my_gsm.jsonl
 
 ``--quick`` writes to ``results/quick/`` (ignored by git) unless ``--out`` is given.
 """
@@ -27,9 +27,10 @@ import argparse
 import os
 import sys
 
+from scripts import harness
 from scripts.harness import engine, intervals, task, timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 
 MAX_K = 8
 COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompts", "max_tokens", "k", "method",
@@ -77,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     if args.workload != "gsm":
-        from scripts import bench_e2e_text
+        from scripts.bench import bench_e2e_text
 
         args.max_tokens = args.max_tokens or 128
         args.max_model_len = args.max_model_len or 1536

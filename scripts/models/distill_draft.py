@@ -41,8 +41,8 @@ its 9.81M weights (``training_info.json``) against the target's 134.5M, about 7 
 
 Usage::
 
-    python -m scripts.distill_draft            # the missing stages, then train (cost measured: docs/models.md)
-    python -m scripts.distill_draft --stage train
+    python -m scripts.models.distill_draft            # the missing stages, then train (cost measured: docs/models.md)
+    python -m scripts.models.distill_draft --stage train
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ import random
 import sys
 import time
 
-from scripts.build_real_target import sha256
+from scripts.models.build_real_target import sha256
 from scripts.harness import real_pair
+from scripts import harness
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 TARGET, DRAFT = real_pair.TARGET, real_pair.DRAFT
 PROMPTS = os.path.join(ROOT, "data", "prompts_distill.jsonl")
 DATA = os.path.join(ROOT, ".cache", "distill", "data.pt")

@@ -25,9 +25,10 @@ after the CSV). ``--arms`` runs a subset (the reference always runs).
 
 Usage::
 
-    python -m scripts.frontier                                   # every workload, concurrency 1 and 4
-    python -m scripts.frontier --workloads creative --concurrency 1 --n 8 --max-tokens 48   # a quick look
-    python -m scripts.frontier --arms "standard seed+1,ears a=0.0" --out results/frontier_controls.csv   # controls
+    python -m scripts.bench.frontier                                   # every workload, concurrency 1 and 4
+    python -m scripts.bench.frontier --workloads creative --concurrency 1 --n 8 --max-tokens 48   # a quick look
+    python -m scripts.bench.frontier --arms "standard seed+1,ears a=0.0" \
+        --out results/frontier_controls.csv                       # only the controls (and the reference)
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ import math
 import os
 import statistics
 
-from scripts.bench_e2e_text import distinct2, load_prompts
+from scripts import harness
+from scripts.bench.bench_e2e_text import distinct2, load_prompts
 from scripts.harness import engine, intervals, real_pair, task, timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 WORKLOADS = {
     "creative": dict(data="data/prompts_creative.jsonl", method="eagle3", k=3, temperature=0.9, real=True),
     "grounded": dict(data="data/prompts_grounded.jsonl", method="ngram", k=4, temperature=0.7, real=True),

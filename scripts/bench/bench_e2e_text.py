@@ -1,6 +1,6 @@
 """End to end on the real pair (SmolLM2-135M-Instruct + its distilled draft): speed and quality cost of EARS on the
-workloads it exists for. Run through ``python -m scripts.bench_e2e --workload creative|grounded`` (this module holds
-that job).
+workloads it exists for. Run through ``python -m scripts.bench.bench_e2e --workload creative|grounded`` (this module
+holds that job).
 
 Workloads (versioned prompt files, chat template applied):
 
@@ -30,9 +30,10 @@ import math
 import os
 import statistics
 
+from scripts import harness
 from scripts.harness import engine, intervals, real_pair, timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 WORKLOADS = {
     "creative": dict(data="data/prompts_creative.jsonl", method="eagle3", temperature=0.9),
     "grounded": dict(data="data/prompts_grounded.jsonl", method="ngram", temperature=0.7),

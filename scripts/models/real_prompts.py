@@ -11,7 +11,7 @@ Deterministic: fixed lists, a fixed ``random.Random`` seed, the docstrings of th
 are committed, so a later Python changes nothing). Each line: ``{"id", "kind", "prompt"}``; the prompt is the user
 message (the chat template is applied by whoever sends it).
 
-Usage: ``python -m scripts.real_prompts`` (rewrites the three files).
+Usage: ``python -m scripts.models.real_prompts`` (rewrites the three files).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import json
 import os
 import random
 import re
+from scripts import harness
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 
 TRAIN_SUBJECTS = [
     "a lighthouse keeper", "a lost dog", "an old clockmaker", "a city at night", "a mountain village", "the ocean",

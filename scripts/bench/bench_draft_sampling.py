@@ -9,7 +9,7 @@ vocabulary of 8192 left finite and the rest -inf, as vLLM maps it). One torch th
 Providers alternate over ``--rounds`` rounds; each cell is the median of a round's timed calls, the CSV keeps the
 median over rounds with the spread of the round medians (min-max).
 
-    python -m scripts.bench_draft_sampling [--quick] [--out results/bench_draft_sampling_cpu.csv]
+    python -m scripts.bench.bench_draft_sampling [--quick] [--out results/bench_draft_sampling_cpu.csv]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import statistics
 
 import torch
 
+from scripts import harness
 from scripts.harness import timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 COLUMNS = ["timestamp", "device", "threads", "torch", "vllm", "load1", "provider", "rows", "vocab", "draft_vocab",
            "rounds", "ms_p50", "ms_min", "ms_max", "ratio_to_vllm"]
 

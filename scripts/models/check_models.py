@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Check that the committed models are in place (``make models``); no training.
 
-    .venv/bin/python -m scripts.check_models            # files + config sanity (fast)
-    .venv/bin/python -m scripts.check_models --load     # also load + generate (transformers)
-    .venv/bin/python -m scripts.check_models --vllm     # also start a vLLM CPU engine on each
+    .venv/bin/python -m scripts.models.check_models            # files + config sanity (fast)
+    .venv/bin/python -m scripts.models.check_models --load     # also load + generate (transformers)
+    .venv/bin/python -m scripts.models.check_models --vllm     # also start a vLLM CPU engine on each
 
 Exit status 1 (with a hint to run ``make models-retrain``) if anything is missing.
 """
@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 from scripts.harness import task
+from scripts import harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(harness.ROOT)
 
 REQUIRED = ["config.json", "model.safetensors", "generation_config.json",
             "tokenizer.json", "tokenizer_config.json"]
@@ -95,7 +96,7 @@ def main() -> int:
         for e in errs:
             print("ERROR:", e, file=sys.stderr)
         print("Models are missing or incomplete; rebuild with `make models-retrain` "
-              "(.venv/bin/python -m scripts.train_pair).", file=sys.stderr)
+              "(.venv/bin/python -m scripts.models.train_pair).", file=sys.stderr)
         return 1
     print(f"models OK: {models}/target, {models}/draft")
     if args.load:

@@ -1,7 +1,7 @@
 """Extract vLLM's stock V1 rejection sampler into an importable local package (for machines without vLLM).
 
 The GPU benchmark machine has torch + triton but no vLLM (no network, the wheel is 336 MB). The stock provider of
-``scripts.bench_kernel`` needs only ``vllm/v1/sample/rejection_sampler.py`` (pure Python + Triton kernels) and
+``scripts.bench.bench_kernel`` needs only ``vllm/v1/sample/rejection_sampler.py`` (pure Python + Triton kernels) and
 the ``SamplingMetadata`` dataclass. This script copies both out of a vLLM wheel into ``<out>/vllm_stock/`` and
 rewrites every ``from vllm... import`` into ``from ._stubs import ...``; ``_stubs.py`` (written here) provides
 ``triton``/``tl``, a minimal launcher for vLLM's ``@triton_kernel_dispatcher_with_warmup`` (the dispatch function
@@ -15,7 +15,7 @@ The vLLM code is Apache-2.0 and is *not* committed here: the output folder is ig
 Usage::
 
     pip download vllm==0.33.0 --no-deps -d /tmp/v          # once, on a machine with network
-    python -m scripts.extract_vllm_stock --wheel /tmp/v/vllm-0.33.0-*.whl --out .stock
+    python -m scripts.bench.extract_vllm_stock --wheel /tmp/v/vllm-0.33.0-*.whl --out .stock
     PYTHONPATH=.stock python -c "import vllm_stock.rejection_sampler as rs; print(rs.rejection_sample)"
 """
 
@@ -36,7 +36,7 @@ FILES = {
 LOCAL = {"vllm.v1.sample.metadata": ".metadata"}
 
 STUBS = '''"""Stand-ins for the vLLM modules imported by the extracted stock rejection sampler (written by
-scripts/extract_vllm_stock.py; not vLLM code). Only what the sampling functions use is real."""
+scripts/bench/extract_vllm_stock.py; not vLLM code). Only what the sampling functions use is real."""
 
 import logging
 from typing import Any
@@ -181,12 +181,12 @@ def main(argv=None):
             text = zf.read(src).decode()
             with open(os.path.join(pkg, dst), "w") as f:
                 f.write(f"# Extracted from {os.path.basename(wheel)}:{src} (Apache-2.0, the vLLM project) by "
-                        "scripts/extract_vllm_stock.py; vllm imports rewritten to ._stubs.\n")
+                        "scripts/bench/extract_vllm_stock.py; vllm imports rewritten to ._stubs.\n")
                 f.write(_rewrite_imports(text))
     with open(os.path.join(pkg, "_stubs.py"), "w") as f:
         f.write(STUBS)
     with open(os.path.join(pkg, "__init__.py"), "w") as f:
-        f.write(f'"""vLLM {version} stock V1 rejection sampler, extracted (see scripts/extract_vllm_stock.py)."""\n'
+        f.write(f'"""vLLM {version} stock V1 rejection sampler, extracted (scripts/bench/extract_vllm_stock.py)."""\n'
                 f'VLLM_VERSION = "{version}"\n')
     print(f"wrote {pkg} from {wheel} (vLLM {version})")
 

@@ -4,8 +4,8 @@ One engine per concurrency (``scripts.harness.engine.run_engine_job``: the bench
 and seeds (``--seed + i``), every arm's output token ids compared prompt by prompt. Prints, per arm, how many prompts
 differ and where (prompt, first differing output position). Exit status 1 if any differ.
 
-    python -m scripts.check_seeded_batch --workload grounded --n 41 --alphas 0.1,0.2,0.3,0.5
-    python -m scripts.check_seeded_batch --workload creative --n 16 --sampler standard
+    python -m scripts.bench.check_seeded_batch --workload grounded --n 41 --alphas 0.1,0.2,0.3,0.5
+    python -m scripts.bench.check_seeded_batch --workload creative --n 16 --sampler standard
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from scripts import bench_e2e_text as bt
+from scripts.bench import bench_e2e_text as bt
 from scripts.harness import engine, real_pair
 
 WORKLOADS = {"grounded": dict(method="ngram", k=4, temperature=0.7, draft_sample_method=None),

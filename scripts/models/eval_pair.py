@@ -19,8 +19,8 @@ Writes ``results/model_pair.json`` (with the machine and date, taken from this e
 the ``<!-- eval_pair:begin -->`` / ``<!-- eval_pair:end -->`` markers of ``docs/models.md`` (the rest of that
 document is hand-written; the script fails if the markers are missing).
 
-Usage: .venv/bin/python -m scripts.eval_pair [--n 250] [--models models]
-       .venv/bin/python -m scripts.eval_pair --doc-only     # only rewrite the docs/models.md block from the JSON
+Usage: .venv/bin/python -m scripts.models.eval_pair [--n 250] [--models models]
+       .venv/bin/python -m scripts.models.eval_pair --doc-only     # only rewrite the docs/models.md block from the JSON
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 from scripts.harness import task, timing
+from scripts import harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(harness.ROOT)
 
 SEED = 0
 
@@ -143,7 +144,7 @@ def doc_block(res) -> str:
     threads = t["threads"] if t["threads"] == d["threads"] else f"{t['threads']} / {d['threads']}"
     lines = [
         BEGIN,
-        "<!-- Written by `python -m scripts.eval_pair` from results/model_pair.json; edit outside the markers. -->",
+        "<!-- Written by `python -m scripts.models.eval_pair` from results/model_pair.json; edit outside the markers. -->",
         f"Machine: {res['machine']}; date: {res.get('date', 'not recorded in results/model_pair.json')}.",
         "",
         "| | target | draft |",
@@ -209,7 +210,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-total-wall-s", type=float, default=None,
-                    help="wall time of the whole scripts.train_pair run (its 'total' line)")
+                    help="wall time of the whole scripts.models.train_pair run (its 'total' line)")
     ap.add_argument("--doc-only", action="store_true",
                     help="rewrite --doc from the existing --out JSON, no evaluation")
     args = ap.parse_args()

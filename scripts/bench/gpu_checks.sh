@@ -6,7 +6,7 @@
 #   2. bench_step --device cuda (V1 and MRV2 samplers, plugin and vLLM, wall / CUDA-event / per-kernel),
 #   3. the library's kernel tests on CUDA (equivalence, statistics, validation; SKIP_KERNEL_TESTS=1 skips them).
 # The kit's sitecustomize.py also makes MRV2's UVA buffers use vLLM's own fallback (the compiled op is absent).
-# Usage, on the device from the repository root: bash scripts/gpu_checks.sh OUTDIR   (KIT=.gpu-kit by default)
+# Usage, on the device from the repository root: bash scripts/bench/gpu_checks.sh OUTDIR   (KIT=.gpu-kit by default)
 set -uo pipefail
 OUT=${1:?usage: gpu_checks.sh OUTDIR}
 KIT=${KIT:-.gpu-kit}
@@ -26,9 +26,9 @@ cat "$OUT/gpu_env.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/e2e/test_mrv2_sampler.py -rs \
   --deselect tests/e2e/test_mrv2_sampler.py::test_runner_patch_applies_to_mrv2 2>&1 \
   | tee "$OUT/mrv2_tests_cuda.log" | tail -15
-timeout 200 python3 -m scripts.bench_step --device cuda --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 \
+timeout 200 python3 -m scripts.bench.bench_step --device cuda --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 \
   | tee "$OUT/bench_step_gpu.log"
-timeout 50 python3 -m scripts.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
+timeout 50 python3 -m scripts.bench.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
   --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 | tee -a "$OUT/bench_step_gpu.log"
 [ -n "${SKIP_KERNEL_TESTS:-}" ] || timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -x tests/test_equivalence.py \
   tests/test_statistics.py tests/test_validation.py 2>&1 | tee "$OUT/kernel_tests_cuda.log" | tail -5

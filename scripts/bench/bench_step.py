@@ -31,9 +31,9 @@ per-kernel profile (defaults: K=4 V=151936 bf16, B=1,16,64,256, 40 calls; ``resu
 
 Usage::
 
-    python -m scripts.bench_step --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds
-    python -m scripts.bench_step --quick                                    # small, to results/quick/ (ignored)
-    python -m scripts.bench_step --device cuda                              # GPU mode
+    python -m scripts.bench.bench_step --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds
+    python -m scripts.bench.bench_step --quick                                    # small, to results/quick/ (ignored)
+    python -m scripts.bench.bench_step --device cuda                              # GPU mode
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ import subprocess
 import sys
 import time
 
+from scripts import harness
 from scripts.harness import step_gpu, timing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = harness.ROOT
 
 PROVIDERS = ("ears", "stock")
 CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9)}
@@ -131,7 +132,7 @@ def worker(cfg: dict) -> dict:
 def run_worker(cfg: dict) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-m", "scripts.bench_step", "--worker", json.dumps(cfg)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench.bench_step", "--worker", json.dumps(cfg)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -236,11 +236,7 @@ def plot(rows, out_csv):
             ax.legend(fontsize=7)
     fig.suptitle(f"{rows[0]['device']} | {os.path.basename(str(rows[0]['target']))} | "
                  f"{rows[0]['n_prompts']} prompts, k={rows[0]['k']}", fontsize=9)
-    fig.tight_layout()
-    path = os.path.splitext(out_csv)[0] + ".png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [timing.save_figure(fig, os.path.splitext(out_csv)[0] + ".png")]
 
 
 if __name__ == "__main__":

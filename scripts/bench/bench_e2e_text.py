@@ -219,8 +219,4 @@ def plot(rows, out_csv) -> str:
         ax.legend(fontsize=7)
     fig.suptitle(f"{rows[0]['workload']} | {rows[0]['device']} | {rows[0]['target']} | {rows[0]['method']} k="
                  f"{rows[0]['k']} T={rows[0]['temperature']}", fontsize=9)
-    fig.tight_layout()
-    path = os.path.splitext(out_csv)[0] + ".png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return timing.save_figure(fig, os.path.splitext(out_csv)[0] + ".png")

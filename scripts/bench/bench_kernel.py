@@ -397,11 +397,7 @@ def plot(rows, out_csv: str, device: str):
         axes[0][0].set_ylabel(ylabel)
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        path = f"{stem}_{fname}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(timing.save_figure(fig, f"{stem}_{fname}.png"))
     return files
 
 

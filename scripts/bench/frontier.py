@@ -7,8 +7,9 @@ Workloads: ``creative`` (the real pair, EAGLE-3 head with probabilistic drafting
 
 - ``standard`` (vLLM's sampler), the reference every other arm is paired with; ``standard seed+1`` (the same engine,
   other per-prompt seeds): the noise floor, what two lossless samples differ by on these prompts; ``ears`` at each
-  alpha (``ears a=0.0``: the lossless control, the standard rule on the plugin's code path, so its outputs equal the
-  reference's and its speed ratio is the plugin's own overhead), and with TV budgets (``ears_tv_budget`` per request;
+  alpha (``ears a=0.0``: the lossless control, the standard rule on the plugin's code path: its speed ratio is the
+  plugin's own cost; its outputs are another lossless sample, since the plugin draws recovered and bonus tokens with
+  other random numbers than vLLM's sampler), and with TV budgets (``ears_tv_budget`` per request;
   one engine, per-request settings); ``fly`` (vLLM 0.33's FLy, the plugin's experimental port) and ``typical``
   (typical acceptance) over their knobs, one engine each.
 
@@ -187,7 +188,6 @@ def quality(r) -> float:
 def mark_frontier(rows) -> None:
     """Pareto front in (speed ratio up, ``quality`` up), within one workload and concurrency; standard is (1, 0)."""
     q = quality
-
     for r in rows:
         r["on_frontier"] = not any(
             o is not r and o["speedup_vs_standard"] >= r["speedup_vs_standard"] and q(o) >= q(r)
@@ -225,9 +225,7 @@ def plot(rows, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{rows[0]['device']} | {rows[0]['method']} k={rows[0]['k']} T={rows[0]['temperature']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    timing.save_figure(fig, path)
 
 
 def plot_path(csv_path: str, workload: str) -> str:

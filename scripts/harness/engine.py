@@ -14,9 +14,8 @@ import sys
 import tempfile
 import time
 
+from scripts.harness import ROOT
 from scripts.harness.timing import load1
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
                  "vllm:spec_decode_num_accepted_tokens")

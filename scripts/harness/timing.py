@@ -173,6 +173,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str) -> str:
+    """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def progress(iterable, total=None, desc=None, disable=False):
     try:
         from tqdm import tqdm

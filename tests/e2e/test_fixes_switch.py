@@ -1,5 +1,5 @@
 """``EARS_VLLM_FIXES``: with 0 the plugin leaves vLLM's own code paths as vLLM ships them (no engine; each case a
-fresh process that registers the plugin and imports the patched vLLM modules, ~15 s each).
+fresh process that registers the plugin and imports the patched vLLM modules).
 
 Off: the CPU expand fallback, the CPU draft sampling, the seeded-draft noise and the runner's jobs 2 and 3 are
 vLLM's own; the runner's EARS job stays; one log line says so. An EARS runner on CPU applies the expand fix itself

@@ -135,6 +135,10 @@ class EarsInputs(NamedTuple):
     uniform_probs: torch.Tensor  # [num_tokens] float64
     recovery_noise: torch.Tensor  # [batch, V] Exp(1), or [batch] U(0, 1) (inverse CDF; not the Triton backend)
     tv_budget: Optional[torch.Tensor] = None  # [batch] float64 budget left per request (inf: none); None: no budget
+    # Stateless randomness (ears_vllm/stateless.py), Triton backend only: then uniform_probs and recovery_noise are
+    # not read (the other backends get them drawn from these by ``stateless_inputs``).
+    seeds: Optional[torch.Tensor] = None  # [batch] int64
+    positions: Optional[torch.Tensor] = None  # [batch] int64, the token position of each request's bonus row
 
 
 class EarsOutput(NamedTuple):

@@ -110,7 +110,7 @@ def _sample_tokens(logits, rows, temp, d_idx, draft, draft_probs, noise, noise_r
 
 def ears_rejection_sample_torch(inputs: EarsInputs) -> EarsOutput:
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs[:11]  # seeds: drawn by ears_vllm.ops
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()

@@ -30,7 +30,7 @@ def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, dev
 
 
 def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-              max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget=None):
+              max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget=None, seeds=None, positions=None):
     _check_tensor("target_logits", target_logits, 2, floating=True)
     num_rows, vocab_size = target_logits.shape
     dev = target_logits.device
@@ -85,6 +85,20 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
         _check_tensor("tv_budget", tv_budget, 1, floating=True, shape=(batch,), device=dev)
         if bool(torch.isnan(tv_budget).any()) or bool((tv_budget < 0).any()):
             _fail("tv_budget", "must be >= 0 and not NaN (inf: no budget)")
+    if (seeds is None) != (positions is None):
+        _fail("seeds" if seeds is None else "positions", "must be given with `positions` / `seeds` (stateless "
+                                                          "randomness needs both)")
+    if seeds is not None:
+        if uniform_probs is not None or recovery_noise is not None:
+            _fail("seeds", "excludes `uniform_probs` and `recovery_noise`: the randomness is drawn from the seeds")
+        _check_tensor("seeds", seeds, 1, integer=True, shape=(batch,), device=dev)
+        _check_tensor("positions", positions, 1, integer=True, shape=(batch,), device=dev)
+        if batch:
+            first = positions.to(torch.int64) - torch.diff(cu_num_draft_tokens.to(torch.int64),
+                                                            prepend=cu_num_draft_tokens.new_zeros(1))
+            if bool((first < 0).any()) or int(positions.max()) >= 1 << 31:
+                _fail("positions", "must lie in [num_drafts, 2**31) for each request (the bonus row's token "
+                                   "position)")
 
 
 def ears_rejection_sample(
@@ -102,6 +116,8 @@ def ears_rejection_sample(
     validate: bool = True,
     backend: str = "auto",
     tv_budget: Optional[torch.Tensor] = None,
+    seeds: Optional[torch.Tensor] = None,
+    positions: Optional[torch.Tensor] = None,
 ) -> EarsOutput:
     r"""Verify a ragged batch of draft tokens with EARS (uncertainty-adaptive rejection sampling).
 
@@ -165,6 +181,14 @@ def ears_rejection_sample(
         subtracts each request's ``tv_cost`` sum from its budget between steps; since per-token TV costs add up
         along a sequence, a request whose costs never exceed B samples within total variation B of the target.
         None: no budget.
+    seeds, positions : torch.Tensor, optional
+        Shape: ``[batch]``, integer, given together: stateless randomness instead of ``uniform_probs``,
+        ``recovery_noise`` and ``generator``. Each request's uniforms and race noise are Triton's Philox keyed by its
+        seed and the token positions of its rows (``positions``: the token position of each request's bonus row,
+        its last; draft ``j`` of ``n`` sits at ``positions - n + j``), drawn inside the Triton kernel (no
+        ``[batch, vocab_size]`` noise, no generator) and materialised bit for bit for the other backends: the
+        same seed at the same position draws the same numbers in any batch. Keys and guarantees:
+        ``ears_vllm/stateless.py``.
 
     Returns
     -------
@@ -220,13 +244,23 @@ def ears_rejection_sample(
         _fail("backend", f"must be one of {_BACKENDS}, got {backend!r}")
     if validate:
         _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-                  max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget)
+                  max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions)
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
     device = target_logits.device
-    if uniform_probs is None:
-        uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
     if backend == "auto":
         backend = "triton" if target_logits.is_cuda else "torch"
+    if seeds is not None:
+        if backend == "triton":  # drawn in the kernel
+            inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature,
+                                alpha, max_spec_len, draft_probs, None, None, tv_budget, seeds, positions)
+            from .kernels.ears_verify import ears_rejection_sample_triton
+
+            return EarsOutput(*ears_rejection_sample_triton(inputs))
+        from .stateless import stateless_inputs
+
+        uniform_probs, recovery_noise = stateless_inputs(seeds, positions, cu_num_draft_tokens, vocab_size)
+    if uniform_probs is None:
+        uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
     batch = cu_num_draft_tokens.numel()
     if recovery_noise is None:
         if backend == "triton":

@@ -36,7 +36,7 @@ def ears_rejection_sample_reference(inputs: EarsInputs, dtype: torch.dtype = tor
     """The specification: :func:`ears_vllm.ears_rejection_sample` on explicit inputs, one position at a time,
     in ``dtype`` (float64) on the CPU."""
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs[:11]  # seeds: drawn by ears_vllm.ops
     batch = cu_num_draft_tokens.numel()
     num_tokens = draft_token_ids.numel()
     packed = bonus_token_ids is None  # target_logits holds each request's draft rows, then its bonus row

@@ -15,8 +15,12 @@
    greedy request, else the race in log space, ``argmax(l / T - log noise)``, which needs no statistics of that
    row). The last program to finish (an atomic counter per request) takes the earliest argmax of the splits.
 
-Bytes moved: one read of the draft rows' logits, plus one row of logits (+ draft probs, + noise) per request that
-samples a token.
+Randomness: the caller's uniforms and ``[batch, vocab]`` noise, or (``STATELESS``) drawn here from each request's
+seed and token position with Triton's Philox (``ears_vllm/stateless.py``): then nothing but the logits (and draft
+probabilities) is read per vocabulary entry.
+
+Bytes moved: one read of the draft rows' logits, plus one row of logits (+ draft probs, + noise unless stateless)
+per request that samples a token.
 """
 
 import functools
@@ -27,11 +31,13 @@ import triton
 import triton.language as tl
 
 from .. import _common
+from ..stateless import RAND_MIN as _RAND_MIN
 
 # The shared constants (ears_vllm/_common.py), as compile-time constants of the kernels.
 PLACEHOLDER_TOKEN_ID = tl.constexpr(_common.PLACEHOLDER_TOKEN_ID)
 GREEDY_TEMPERATURE_EPS = tl.constexpr(_common.GREEDY_TEMPERATURE_EPS)
 FLOAT32_MAX = tl.constexpr(_common.FLOAT32_MAX)
+RAND_MIN = tl.constexpr(_RAND_MIN)
 MAX_FUSED_SIZE = 4096
 MAX_SPLITS = 16
 
@@ -42,6 +48,13 @@ def _scaled_logits(row_ptr, offs, mask, temp):
     s = tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32) / temp
     s = tl.where(s != s, float("-inf"), s)
     return tl.minimum(s, FLOAT32_MAX)
+
+
+@triton.jit
+def _stateless_rand(seed, stream, offs):
+    # Philox keyed by the request's seed at offset (stream << 32) + offs, never 0: ears_vllm/stateless.py has the
+    # keys and the torch copy of this draw.
+    return tl.maximum(tl.rand(seed, (stream.to(tl.int64) << 32) + offs), RAND_MIN)
 
 
 @triton.jit
@@ -143,8 +156,10 @@ def _ears_verify_kernel(
     logits_stride,
     draft_probs_ptr,  # [num_tokens, vocab_size] (read only when HAS_DRAFT_PROBS)
     draft_probs_stride,
-    noise_ptr,  # [batch, vocab_size] float32, Exp(1)
+    noise_ptr,  # [batch, vocab_size] float32, Exp(1) (read only when not STATELESS)
     noise_stride,
+    seeds_ptr,  # [batch] int64 (read only when STATELESS)
+    positions_ptr,  # [batch] int64, each request's bonus row position (read only when STATELESS)
     part_best_ptr,  # [batch, REC_SPLITS] float32 scratch
     part_idx_ptr,  # [batch, REC_SPLITS] int32 scratch
     part_best_p_ptr,  # [batch, REC_SPLITS] float32 scratch
@@ -157,6 +172,7 @@ def _ears_verify_kernel(
     SCALAR_ALPHA: tl.constexpr,
     HAS_BUDGET: tl.constexpr,
     PACKED: tl.constexpr,
+    STATELESS: tl.constexpr,  # randomness drawn here from (seed, position) instead of uniform_probs / noise
     STAT_SPLITS: tl.constexpr,
     REC_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -179,6 +195,11 @@ def _ears_verify_kernel(
     budget_left = float("inf")
     if HAS_BUDGET:
         budget_left = tl.load(tv_budget_ptr + req).to(tl.float64)
+    seed = 0
+    first_pos = 0
+    if STATELESS:
+        seed = tl.load(seeds_ptr + req).to(tl.int64)
+        first_pos = tl.load(positions_ptr + req).to(tl.int64) - num_draft
 
     # Every program of the request takes the same decisions from the same inputs; only split 0 writes them.
     num_accepted = 0
@@ -224,7 +245,10 @@ def _ears_verify_kernel(
             tl.store(tv_cost_ptr + row, tv_cost.to(tl.float32))
 
         if not rejected:
-            u = tl.load(uniform_probs_ptr + row)
+            if STATELESS:
+                u = _stateless_rand(seed, 2 * (first_pos + pos), 0).to(tl.float64)
+            else:
+                u = tl.load(uniform_probs_ptr + row)
             accept_random = decidable & (ratio >= u - tolerance_term)
             accept = tl.where(is_greedy, x == target_argmax, accept_random)
             if accept:
@@ -269,7 +293,10 @@ def _ears_verify_kernel(
             offs = off + tl.arange(0, BLOCK_SIZE)
             mask = offs < hi
             s = _scaled_logits(row_ptr, offs, mask, temp)
-            noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
+            if STATELESS:
+                noise = -tl.log(_stateless_rand(seed, 2 * first_pos + 1, offs))
+            else:
+                noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
             if sample_residual:
                 p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
                 p = tl.where(mask, p, 0.0)
@@ -318,7 +345,8 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
     """
     (draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha, max_spec_len,
-     draft_probs, uniform_probs, recovery_noise, tv_budget) = inputs
+     draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions) = inputs
+    stateless = seeds is not None
     device = target_logits.device
     batch = cu_num_draft_tokens.numel()
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
@@ -345,7 +373,9 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
     target_logits = target_logits if target_logits.stride(-1) == 1 else target_logits.contiguous()
     if draft_probs is not None and draft_probs.stride(-1) != 1:
         draft_probs = draft_probs.contiguous()
-    if recovery_noise.stride(-1) != 1:
+    if stateless:  # not read: any tensors of the right kind
+        uniform_probs, recovery_noise = temperature, target_logits
+    elif recovery_noise.stride(-1) != 1:
         recovery_noise = recovery_noise.contiguous()
     probs_arg = draft_probs if draft_probs is not None else target_logits
     probs_stride = draft_probs.stride(0) if draft_probs is not None else 0
@@ -379,9 +409,10 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
         uniform_probs if tv_budget is None else tv_budget,
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
         probs_arg, probs_stride, recovery_noise, recovery_noise.stride(0),
+        seeds if stateless else cu, positions if stateless else cu,
         part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
         HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, HAS_BUDGET=tv_budget is not None,
-        PACKED=packed, STAT_SPLITS=stat_splits,
+        PACKED=packed, STATELESS=stateless, STAT_SPLITS=stat_splits,
         REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
     )
     return output, uncertainty, num_accepted, num_tolerance, tv_cost

@@ -16,11 +16,16 @@ are vLLM's, and logits processors, penalties, bad words, allowed ids and top-k /
   ``self.sampler`` samples the bonus tokens, ``apply_logits_processors`` and ``apply_sampling_constraints``
   process the target rows, and EARS verifies them.
 
-Randomness is drawn as vLLM draws it: float64 uniforms from ``generate_uniform_probs`` (per-request generators for
+Randomness. On CUDA (EARS rule) it is stateless, as Model Runner V2 draws it: the kernel draws each uniform and the
+race noise of each request's sampled token from Philox keyed by the request's seed (``RequestSeeds``: its
+``SamplingParams.seed``, else a random one) and the token position of its rows (the runner's ``positions`` buffer
+at the step's ``logits_indices``; ``ears_vllm/stateless.py``): no ``[batch, vocab]`` noise, no generator, no
+per-request host loop, and a seeded request draws the same numbers in any batch. Elsewhere (CPU, experimental
+rules) it is drawn as vLLM draws it: float64 uniforms from ``generate_uniform_probs`` (per-request generators for
 seeded requests); one more draw per request for the sampled token, from the request's generator when it is seeded:
-a ``[vocab]`` Exp(1) row (the exponential race, vLLM's recovered-token noise) on CUDA, and on CPU whenever the
-batch has a seeded request (a race keeps a seeded token the same when the logits move by rounding between batch
-sizes; an inverse CDF does not); one uniform per request on CPU otherwise (inverse CDF, cheaper).
+on CPU a ``[vocab]`` Exp(1) row (the exponential race) whenever the batch has a seeded request (a race keeps a
+seeded token the same when the logits move by rounding between batch sizes; an inverse CDF does not), one uniform
+per request otherwise (inverse CDF, cheaper); on CUDA a ``[vocab]`` Exp(1) row.
 
 Alpha per request: ``SamplingParams.extra_args["ears_alpha"]`` (validated in the front-end), kept per batch slot
 by ``RequestAlphas``; TV budgets (configured, or ``extra_args["ears_tv_budget"]``) by ``RequestBudgets``, which
@@ -46,8 +51,9 @@ from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise
 
 from .config import EarsSettings
 from .peers import fly_deferrals, fly_entropy, typical_scale
-from .request_alpha import RequestAlphas
+from .request_alpha import PerRequestState, RequestAlphas
 from .request_budget import RequestBudgets
+from .request_seed import RequestSeeds
 from .top_k_top_p import apply_top_k_top_p_cpu
 
 logger = init_logger("vllm.ears_vllm")
@@ -57,7 +63,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
     """``RejectionSampler`` whose random-sampling verification is EARS; greedy requests use argmax matching."""
 
     def __init__(self, sampler, spec_config, device, settings: EarsSettings, alphas: RequestAlphas | None = None,
-                 budgets: RequestBudgets | None = None):
+                 budgets: RequestBudgets | None = None, seeds: RequestSeeds | None = None,
+                 token_positions: torch.Tensor | None = None):
         super().__init__(sampler, spec_config, device)
         if self.synthetic_mode or getattr(self, "use_fly", False):
             raise ValueError("EARS replaces rejection_sample_method='standard' only")
@@ -68,6 +75,11 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         self.rule = settings.rule
         self.knobs = dict(settings.knobs)
         self.num_speculative_tokens = getattr(spec_config, "num_speculative_tokens", None)
+        # Stateless randomness (CUDA, EARS rule): each request's seed, and the runner's buffer of token positions.
+        self.seeds = seeds
+        self.token_positions = token_positions
+        self.stateless = (seeds is not None and token_positions is not None and torch.device(device).type == "cuda"
+                          and self.rule == "ears")
         # Counters are recorded only while the runner samples real requests (not in warm-up / profiling runs).
         self.recording = False
         self._pending: list[tuple[torch.Tensor, object]] = []
@@ -97,8 +109,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         for processor in sm.logitsprocs.non_argmax_invariant:
             if not (isinstance(processor, MinTokensLogitsProcessor) and not processor.min_toks):
                 return True
-        return any(processor is not self.alphas and processor is not self.budgets
-                   for processor in sm.logitsprocs.argmax_invariant)
+        return any(not isinstance(processor, PerRequestState) for processor in sm.logitsprocs.argmax_invariant)
 
     def _forward_fused(self, metadata, draft_probs, logits, sampling_metadata) -> SamplerOutput:
         sm = sampling_metadata
@@ -167,10 +178,16 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         num_tokens = metadata.draft_token_ids.shape[0]
         batch_size = len(metadata.num_draft_tokens)
         device = logits.device
+        seeds = positions = None
         if sm.all_greedy:  # argmax matching only: no randomness is drawn (as in vLLM)
             uniform_probs = torch.zeros(num_tokens, dtype=torch.float64, device=device)
             noise = self._noise(batch_size, logits.shape[1], device, None)
             alpha = self.alpha
+        elif self.stateless:  # drawn in the kernel from (seed, token position)
+            uniform_probs = noise = None
+            seeds = self.seeds.seeds(batch_size)
+            positions = self.token_positions[metadata.logits_indices[metadata.bonus_logits_indices]]
+            alpha = self.alphas.alpha(batch_size) if self.alphas is not None else self.alpha
         else:
             uniform_probs = vllm_rs.generate_uniform_probs(num_tokens, metadata.num_draft_tokens, sm.generators,
                                                            device)
@@ -188,7 +205,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         out = ears_rejection_sample(
             metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
             metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
-            validate=False, tv_budget=remaining,
+            validate=False, tv_budget=remaining, seeds=seeds, positions=positions,
         )
         if rule is not None:
             out = self._rule_counters(out, rule)

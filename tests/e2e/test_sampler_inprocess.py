@@ -337,6 +337,68 @@ def test_seeded_requests_emit_the_target_distribution_at_alpha_0(vllm_parts):
     assert chi2 < 24.3, (chi2, (counts / n).tolist())
 
 
+def test_stateless_randomness_keys_each_request_by_seed_and_position(vllm_parts):
+    """The CUDA path's randomness (forced on here; on CPU the torch backend materialises the kernel's draws bit for
+    bit, ``tests/test_stateless.py``): each request's seed comes from ``RequestSeeds`` (its ``SamplingParams.seed``,
+    followed across vLLM's batch updates) and its positions from the runner's buffer at the step's
+    ``logits_indices``. So the step equals ``ears_rejection_sample`` with those seeds and positions, a seeded
+    request's tokens are the same in any slot and batch (fused and processed paths), vLLM's generators are not
+    drawn from, and an unseeded request gets a seed of its own."""
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
+
+    from ears_vllm import ears_rejection_sample
+    from ears_vllm.vllm_plugin import EarsSettings
+    from ears_vllm.vllm_plugin.request_seed import RequestSeeds
+    from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
+
+    _, Sampler = vllm_parts
+    seeds = RequestSeeds(8, torch.device("cpu"))
+    ears = EarsRejectionSampler(Sampler(), None, torch.device("cpu"), EarsSettings("ears", 0.3), None, None, seeds,
+                                torch.zeros(1, dtype=torch.int64))
+    assert not ears.stateless  # only on CUDA by default
+    ears.stateless = True
+    procs = LogitsProcessors()
+    procs.argmax_invariant.append(seeds)
+    g = torch.Generator().manual_seed(5)
+    mine = torch.randn(4, VOCAB, generator=g) * 0.5  # flat: randomness decides
+    my_draft = torch.randint(0, VOCAB, (3,), generator=g).tolist()
+    seen = {False: set(), True: set()}
+    for trial in range(6):
+        row = trial % 3
+        others = torch.randn(8, VOCAB, generator=g)
+        blocks = [others[:4], others[4:]]
+        blocks.insert(row, mine)
+        drafts = [torch.randint(0, VOCAB, (3,), generator=g).tolist() for _ in range(2)]
+        drafts.insert(row, my_draft)
+        # Token positions of the 12 rows: the seeded request's rows sit at 700..703 whatever its slot.
+        positions = torch.randint(0, 5000, (12,), generator=g)
+        positions[4 * row: 4 * row + 4] = torch.arange(700, 704)
+        ears.token_positions = torch.cat([torch.zeros(3, dtype=torch.int64), positions])  # rows start at 3
+        params = [SamplingParams(temperature=1.0, seed=1234 if i == row else None) for i in range(3)]
+        seeds.update_state(BatchUpdate(3, removed=[], moved=[], added=[(i, params[i], None, []) for i in range(3)]))
+        assert int(seeds.seeds(3)[row]) == 1234
+        step = dict(num_draft=[3, 3, 3], temps=[1.0, 1.0, 1.0], logits=torch.cat(blocks), draft=sum(drafts, []),
+                    draft_probs=None, top_k=None, top_p=None, seeds={row: 99}, logprobs=None)
+        for penalties in (False, True):
+            meta = spec_metadata(step["num_draft"], step["draft"])
+            meta.logits_indices = meta.logits_indices + 3
+            sm = sampling_metadata(step["temps"], seeds=step["seeds"], penalties=penalties, logitsprocs=procs)
+            before = sm.generators[row].get_state()
+            out = ears(meta, None, step["logits"].clone(), sm).sampled_token_ids
+            seen[penalties].add(tuple(out[row].tolist()))
+            if not penalties:  # fused: the whole step, bonus included, from (seed, position)
+                assert torch.equal(sm.generators[row].get_state(), before)
+                want = ears_rejection_sample(
+                    meta.draft_token_ids, meta.cu_num_draft_tokens, step["logits"], None, sm.temperature, 0.3, 3,
+                    seeds=seeds.seeds(3), positions=positions[[3, 7, 11]]).output_token_ids
+                assert torch.equal(out, want)
+    assert len(seen[False]) == 1 and len(seen[True]) == 1, seen
+    unseeded = seeds.seeds(3)[[i for i in range(3) if i != row]]
+    assert int(unseeded[0]) != int(unseeded[1])
+
+
 def test_per_request_alpha_follows_the_batch_slots(vllm_parts):
     """``RequestAlphas`` tracks vLLM's BatchUpdates (added, removed, swapped, moved) like vLLM's min-p state.
 

@@ -122,15 +122,21 @@ def apply(runner_module, fixes: bool = True) -> None:
             return
         from ..request_alpha import RequestAlphas
         from ..request_budget import RequestBudgets
+        from ..request_seed import RequestSeeds
         from ..sampler import EarsRejectionSampler
 
         # Per-request alpha and TV budget ride vLLM's per-slot updates of its logits processors (the input batch
         # keeps this LogitsProcessors object when it is rebuilt for the KV cache's block sizes).
         alphas = RequestAlphas(settings.tolerance_alpha, self.max_num_reqs, self.device)
         budgets = RequestBudgets(settings.tv_budget, self.max_num_reqs, self.device)
-        self.input_batch.logitsprocs.argmax_invariant.extend([alphas, budgets])
+        per_request = [alphas, budgets]
+        seeds = positions = None
+        if self.device.type == "cuda":  # stateless randomness: seeds per slot, positions from the runner's buffer
+            seeds, positions = RequestSeeds(self.max_num_reqs, self.device), self.positions
+            per_request.append(seeds)
+        self.input_batch.logitsprocs.argmax_invariant.extend(per_request)
         self.rejection_sampler = EarsRejectionSampler(
-            self.sampler, self.speculative_config, self.device, settings, alphas, budgets
+            self.sampler, self.speculative_config, self.device, settings, alphas, budgets, seeds, positions
         )
         if not fixes and self.device.type == "cpu":
             import vllm.utils.cpu_triton_utils as cpu_triton_utils_module

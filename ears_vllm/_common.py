@@ -167,6 +167,10 @@ class EarsOutput(NamedTuple):
         target distribution (with one-hot drafts it is that distance itself). 0 at undecided positions and for
         greedy requests. The sum over a step is the expected TV cost the step added; a request's sum is what it
         spent of its TV budget.
+    request_stats : torch.Tensor or None
+        Shape: ``[batch, 4]``, float64, when asked for (``request_stats=True``): per request, the tolerance-accepted
+        drafts, the positions the random rule decided, the sum of their uncertainty and the sum of ``tv_cost``
+        (see :func:`request_stats`).
     """
 
     output_token_ids: torch.Tensor
@@ -174,3 +178,24 @@ class EarsOutput(NamedTuple):
     num_accepted: torch.Tensor
     num_tolerance_accepted: torch.Tensor
     tv_cost: torch.Tensor
+    request_stats: Optional[torch.Tensor] = None
+
+
+def request_stats(out: "EarsOutput", temperature: torch.Tensor, cu_num_draft_tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, 4]`` float64 per request: tolerance-accepted drafts, positions the random rule decided (up to and
+    including the first rejection; none for a greedy request), the sum of their uncertainty, the sum of ``tv_cost``.
+    What the Triton kernel writes in the step; computed here from the outputs for the other backends."""
+    cu = cu_num_draft_tokens.to(torch.int64)
+    num_draft = torch.diff(cu, prepend=cu.new_zeros(1))
+    batch, num_tokens = cu.numel(), out.uncertainty.numel()
+    is_random = temperature >= GREEDY_TEMPERATURE_EPS
+    decided = torch.minimum(out.num_accepted.to(torch.int64) + 1, num_draft) * is_random
+    req = torch.repeat_interleave(torch.arange(batch, device=cu.device), num_draft, output_size=num_tokens)
+    pos = torch.arange(num_tokens, device=cu.device) - (cu - num_draft)[req]
+    h = torch.where(pos < decided[req], out.uncertainty.to(torch.float64), 0.0)
+    stats = torch.zeros(batch, 4, dtype=torch.float64, device=cu.device)
+    stats[:, 0] = out.num_tolerance_accepted.to(torch.float64)
+    stats[:, 1] = decided.to(torch.float64)
+    stats[:, 2].index_add_(0, req, h)
+    stats[:, 3].index_add_(0, req, out.tv_cost.to(torch.float64))
+    return stats

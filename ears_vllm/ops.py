@@ -5,6 +5,7 @@ from typing import Optional, Union
 import torch
 
 from ._common import PLACEHOLDER_TOKEN_ID, EarsInputs, EarsOutput, check_alpha
+from ._common import request_stats as _request_stats
 
 _BACKENDS = ("auto", "triton", "torch", "reference")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -118,6 +119,7 @@ def ears_rejection_sample(
     tv_budget: Optional[torch.Tensor] = None,
     seeds: Optional[torch.Tensor] = None,
     positions: Optional[torch.Tensor] = None,
+    request_stats: bool = False,
 ) -> EarsOutput:
     r"""Verify a ragged batch of draft tokens with EARS (uncertainty-adaptive rejection sampling).
 
@@ -189,6 +191,9 @@ def ears_rejection_sample(
         ``[batch, vocab_size]`` noise, no generator) and materialised bit for bit for the other backends: the
         same seed at the same position draws the same numbers in any batch. Keys and guarantees:
         ``ears_vllm/stateless.py``.
+    request_stats : bool
+        Also return the per-request sums a caller's counters need (``EarsOutput.request_stats``), written by the
+        Triton kernel in the step (no extra launches), computed from the outputs by the other backends.
 
     Returns
     -------
@@ -255,7 +260,7 @@ def ears_rejection_sample(
                                 alpha, max_spec_len, draft_probs, None, None, tv_budget, seeds, positions)
             from .kernels.ears_verify import ears_rejection_sample_triton
 
-            return EarsOutput(*ears_rejection_sample_triton(inputs))
+            return EarsOutput(*ears_rejection_sample_triton(inputs, with_stats=request_stats))
         from .stateless import stateless_inputs
 
         uniform_probs, recovery_noise = stateless_inputs(seeds, positions, cu_num_draft_tokens, vocab_size)
@@ -272,15 +277,19 @@ def ears_rejection_sample(
         _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
     inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
                         max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget)
+    if backend == "triton":
+        from .kernels.ears_verify import ears_rejection_sample_triton
+
+        return EarsOutput(*ears_rejection_sample_triton(inputs, with_stats=request_stats))
     if backend == "torch":
         from .cpu import ears_rejection_sample_torch
 
-        return ears_rejection_sample_torch(inputs)
-    if backend == "reference":
+        out = ears_rejection_sample_torch(inputs)
+    else:
         from .reference import ears_rejection_sample_reference
 
         on_cpu = EarsInputs(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
-        return EarsOutput(*(t.to(device) for t in ears_rejection_sample_reference(on_cpu)))
-    from .kernels.ears_verify import ears_rejection_sample_triton
-
-    return EarsOutput(*ears_rejection_sample_triton(inputs))
+        out = EarsOutput(*(t.to(device) for t in ears_rejection_sample_reference(on_cpu)[:5]))
+    if request_stats:
+        out = out._replace(request_stats=_request_stats(out, temperature, cu_num_draft_tokens))
+    return out

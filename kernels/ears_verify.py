@@ -140,6 +140,7 @@ def _ears_verify_kernel(
     tv_cost_ptr,  # [num_tokens] float32 out
     num_accepted_ptr,  # [batch] int32 out
     num_tolerance_ptr,  # [batch] int32 out
+    stats_ptr,  # [batch, 4] float64 out (written only when HAS_STATS): ears_vllm._common.request_stats
     cu_num_draft_tokens_ptr,  # [batch]
     draft_token_ids_ptr,  # [num_tokens], -1 = no draft
     bonus_token_ids_ptr,  # [batch] (read only when not PACKED)
@@ -173,6 +174,7 @@ def _ears_verify_kernel(
     HAS_BUDGET: tl.constexpr,
     PACKED: tl.constexpr,
     STATELESS: tl.constexpr,  # randomness drawn here from (seed, position) instead of uniform_probs / noise
+    HAS_STATS: tl.constexpr,
     STAT_SPLITS: tl.constexpr,
     REC_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -204,6 +206,9 @@ def _ears_verify_kernel(
     # Every program of the request takes the same decisions from the same inputs; only split 0 writes them.
     num_accepted = 0
     num_tolerance = 0
+    num_decided = 0
+    h_sum = 0.0
+    tv_sum = 0.0
     rejected = False
     rej_max = 0.0
     rej_sum = 0.0
@@ -240,6 +245,11 @@ def _ears_verify_kernel(
         if HAS_BUDGET:
             budget_left = tl.maximum(budget_left - tl.where(rejected, 0.0, gain), 0.0)
         tv_cost = tl.where(rejected == 0, gain, 0.0)
+        if HAS_STATS:
+            decided = (rejected == 0) & (is_greedy == 0)
+            num_decided += decided.to(tl.int32)
+            h_sum += tl.where(decided, h.to(tl.float64), 0.0)
+            tv_sum += tv_cost.to(tl.float32).to(tl.float64)
         if lead:
             tl.store(uncertainty_ptr + row, h)
             tl.store(tv_cost_ptr + row, tv_cost.to(tl.float32))
@@ -272,6 +282,11 @@ def _ears_verify_kernel(
             tl.store(out_ptr + pad, PLACEHOLDER_TOKEN_ID)
         tl.store(num_accepted_ptr + req, num_accepted)
         tl.store(num_tolerance_ptr + req, num_tolerance)
+        if HAS_STATS:
+            tl.store(stats_ptr + req * 4, num_tolerance.to(tl.float64))
+            tl.store(stats_ptr + req * 4 + 1, num_decided.to(tl.float64))
+            tl.store(stats_ptr + req * 4 + 2, h_sum)
+            tl.store(stats_ptr + req * 4 + 3, tv_sum)
 
     # The request's one sampled token, from one row split over the programs: the residual at a random request's
     # first rejection, or (PACKED) the bonus row once every draft was accepted.
@@ -338,8 +353,9 @@ def _num_sms(device) -> int:
     return 1
 
 
-def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int = None):
-    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the five EarsOutput tensors.
+def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int = None, with_stats: bool = False):
+    """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the EarsOutput tensors
+    (``request_stats`` None unless ``with_stats``).
 
     ``num_splits`` (a power of two) splits every row's vocabulary over that many programs in both passes; by
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
@@ -385,6 +401,7 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
 
     # Outputs and scratch come from three allocations: on small batches host overhead dominates.
     output = torch.empty((batch, max_spec_len + 1), dtype=torch.int32, device=device)
+    stats = torch.empty((batch, 4), dtype=torch.float64, device=device) if with_stats else None
     rows, ns, nr = max(num_tokens, 1), stat_splits, rec_splits
     ws_f = torch.empty(2 * rows + 3 * rows * ns + 2 * batch * nr, dtype=torch.float32, device=device)
     ws_i = torch.empty(rows * ns + 2 * batch * nr + 3 * batch, dtype=torch.int32, device=device)
@@ -404,7 +421,8 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
         rec_splits = 1
         counter.zero_()
     _ears_verify_kernel[(batch, rec_splits)](
-        output, output.stride(0), uncertainty, tv_cost, num_accepted, num_tolerance, cu, draft_token_ids, bonus,
+        output, output.stride(0), uncertainty, tv_cost, num_accepted, num_tolerance,
+        stats if with_stats else tv_cost, cu, draft_token_ids, bonus,
         temperature, temperature if scalar_alpha else alpha, float(alpha) if scalar_alpha else 0.0, uniform_probs,
         uniform_probs if tv_budget is None else tv_budget,
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
@@ -412,7 +430,7 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
         seeds if stateless else cu, positions if stateless else cu,
         part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
         HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, HAS_BUDGET=tv_budget is not None,
-        PACKED=packed, STATELESS=stateless, STAT_SPLITS=stat_splits,
+        PACKED=packed, STATELESS=stateless, HAS_STATS=with_stats, STAT_SPLITS=stat_splits,
         REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
     )
-    return output, uncertainty, num_accepted, num_tolerance, tv_cost
+    return output, uncertainty, num_accepted, num_tolerance, tv_cost, stats

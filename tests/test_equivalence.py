@@ -34,15 +34,17 @@ def _check(backend, seed, shape, opts, dtype=torch.float32, tv_budget=None):
     args = make_case(seed, batch=batch, max_spec_len=k, vocab=vocab, dtype=dtype, device=backend_device(backend),
                      **opts)
     budget = None if tv_budget is None else tv_budget(batch)
-    got = ears_rejection_sample(*args, backend=backend,
+    got = ears_rejection_sample(*args, backend=backend, request_stats=True,
                                 tv_budget=None if budget is None else budget.to(backend_device(backend)))
     ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
-                                backend="reference", tv_budget=budget)
+                                backend="reference", tv_budget=budget, request_stats=True)
     assert torch.equal(got.output_token_ids.cpu(), ref.output_token_ids)
     assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
     assert torch.equal(got.num_tolerance_accepted.cpu(), ref.num_tolerance_accepted)
     torch.testing.assert_close(got.uncertainty.cpu(), ref.uncertainty, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(got.tv_cost.cpu(), ref.tv_cost, atol=2e-6, rtol=1e-5)
+    # The per-request sums: written by the kernel in the step, computed from the outputs elsewhere.
+    torch.testing.assert_close(got.request_stats.cpu(), ref.request_stats, atol=1e-5, rtol=1e-5)
     return ref
 
 
@@ -154,11 +156,12 @@ def test_triton_vocab_splits_match_reference(block_size, num_splits, opts):
     from ears_vllm._common import EarsInputs
 
     args = make_case(5, batch=5, max_spec_len=4, vocab=229, device=backend_device("triton"), **opts)
-    got = ears_rejection_sample_triton(EarsInputs(*args), block_size=block_size, num_splits=num_splits)
+    got = ears_rejection_sample_triton(EarsInputs(*args), block_size=block_size, num_splits=num_splits,
+                                       with_stats=True)
     ref = ears_rejection_sample(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args],
-                                backend="reference")
-    for name, g, r in zip(ref._fields, got, ref):
-        if name in ("uncertainty", "tv_cost"):
+                                backend="reference", request_stats=True)
+    for name, g, r in zip(ref._fields, got, ref, strict=True):
+        if name in ("uncertainty", "tv_cost", "request_stats"):
             torch.testing.assert_close(g.cpu(), r, atol=2e-6, rtol=1e-5)
         else:
             assert torch.equal(g.cpu(), r), name

@@ -61,7 +61,8 @@ def _stateless_case(seed, shape, opts):
 def _run(backend, args, seeds, positions, **kw):
     dev = backend_device(backend)
     on = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
-    out = ears_rejection_sample(*on, seeds=seeds.to(dev), positions=positions.to(dev), backend=backend, **kw)
+    out = ears_rejection_sample(*on, seeds=seeds.to(dev), positions=positions.to(dev), backend=backend,
+                                request_stats=True, **kw)
     return type(out)(*(t.cpu() for t in out))
 
 
@@ -92,6 +93,8 @@ def test_backends_agree_with_stateless_randomness(shape, opts):
             assert torch.equal(got.num_accepted, ref.num_accepted)
             assert torch.equal(got.num_tolerance_accepted, ref.num_tolerance_accepted)
             torch.testing.assert_close(got.tv_cost, ref.tv_cost, atol=2e-6, rtol=1e-5)
+            if got.request_stats is not None:
+                torch.testing.assert_close(got.request_stats, ref.request_stats, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

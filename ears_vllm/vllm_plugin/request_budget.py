@@ -107,10 +107,11 @@ class RequestBudgets(PerRequestState):
         budget, entry = current
         return (budget - self.ledger.spent[entry]).clamp_(min=0.0)
 
-    def spend(self, tv_cost: torch.Tensor, request_of_token: torch.Tensor) -> None:
-        """Add each position's ``tv_cost`` to its request's entry (a no-budget request's go to the sink)."""
+    def spend(self, tv_cost: torch.Tensor) -> None:
+        """Add each request's ``tv_cost`` of the step (``[batch]``, in batch order) to its entry (a no-budget
+        request's goes to the sink)."""
         if self._current is not None:
-            self.ledger.spent.index_add_(0, self._current[1][request_of_token], tv_cost.to(torch.float64))
+            self.ledger.spent.index_add_(0, self._current[1], tv_cost.to(torch.float64))
 
     def release(self, params) -> None:
         """The request finished: its entry is free again."""

@@ -47,7 +47,7 @@ from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
 
 from ears_vllm import ears_rejection_sample
-from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise
+from ears_vllm._common import GREEDY_TEMPERATURE_EPS, exponential_noise, request_stats
 
 from .config import EarsSettings
 from .peers import fly_deferrals, fly_entropy, typical_scale
@@ -202,18 +202,22 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         if self.rule != "ears":  # processed logits here: [num_tokens, vocab], scaled
             alpha, remaining = 0.0, None
             uniform_probs, logits, rule = self._apply_rule(metadata, draft_probs, logits, temperature, uniform_probs)
+        # The per-request sums (counters, TV spent) come out of the kernel's step when it is asked for them.
+        wants_stats = remaining is not None or (self.recording and not sm.all_greedy)
         out = ears_rejection_sample(
             metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
             metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
             validate=False, tv_budget=remaining, seeds=seeds, positions=positions,
+            request_stats=wants_stats and rule is None,
         )
         if rule is not None:
             out = self._rule_counters(out, rule)
+            if wants_stats:
+                out = out._replace(request_stats=request_stats(out, temperature, metadata.cu_num_draft_tokens))
         if remaining is not None:
-            self.budgets.spend(out.tv_cost, expand_batch_to_tokens(
-                torch.arange(batch_size, device=device), metadata.cu_num_draft_tokens, num_tokens))
+            self.budgets.spend(out.request_stats[:, 3])
         if self.recording and not sm.all_greedy:
-            self._record(out, temperature, metadata.cu_num_draft_tokens, num_tokens)
+            self._record(out.request_stats)
         return out.output_token_ids
 
     # ---- experimental rules (peers.py): evaluation arms --------------------------------------------------------
@@ -307,24 +311,9 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         return noise
 
     # ---- statistics --------------------------------------------------------------------------------------------
-    def _record(self, out, temperature, cu_num_draft_tokens, num_tokens) -> None:
-        """Sums over the positions the random rule decided (up to and including each request's first rejection)."""
-        cu = cu_num_draft_tokens.to(torch.int64)
-        num_draft = cu.diff(prepend=cu.new_zeros(1))
-        is_random = temperature >= GREEDY_TEMPERATURE_EPS
-        decided_per_request = torch.minimum(out.num_accepted.to(torch.int64) + 1, num_draft) * is_random
-        req = expand_batch_to_tokens(torch.arange(num_draft.numel(), device=cu.device), cu_num_draft_tokens,
-                                     num_tokens)
-        pos = torch.arange(num_tokens, device=cu.device) - (cu - num_draft)[req]
-        decided = (pos < decided_per_request[req]).to(torch.float64)
-        tv_cost = out.tv_cost.to(torch.float64)
-        per_request = torch.zeros(num_draft.numel(), dtype=torch.float64, device=cu.device).index_add_(0, req, tv_cost)
-        values = torch.cat([torch.stack([
-            out.num_tolerance_accepted.sum().to(torch.float64),
-            decided_per_request.sum().to(torch.float64),
-            (out.uncertainty.to(torch.float64) * decided).sum(),
-            tv_cost.sum(),
-        ]), per_request])  # the four counters, then each request's TV cost in batch order
+    def _record(self, stats: torch.Tensor) -> None:
+        """The step's counters (``request_stats`` summed over the batch), then each request's TV cost in batch order."""
+        values = torch.cat([stats.sum(dim=0), stats[:, 3]])
         if values.is_cuda:
             host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
             host.copy_(values, non_blocking=True)

@@ -7,9 +7,11 @@ Five methods, three jobs; only the first needs EARS:
    choose another rejection sampler.
    How: ``__init__``: call the original, then, when EARS verifies the drafts, replace ``self.rejection_sampler``
    with ``EarsRejectionSampler`` (a subclass, same call signature), add its per-slot alpha state
-   (``RequestAlphas``) and TV-budget state (``RequestBudgets``) to the input batch's logits processors so that
-   vLLM's batch updates reach them, and log "EARS rejection sampler active: ...". ``_update_states``: before the
-   original drops the finished requests, free their TV-budget entries (they outlive removals from the batch).
+   (``RequestAlphas``), TV-budget state (``RequestBudgets``) and, on CUDA, seeds (``RequestSeeds``; with the
+   runner's ``positions`` buffer, the keys of the kernel's stateless randomness) to the input batch's logits
+   processors so that vLLM's batch updates reach them, and log "EARS rejection sampler active: ...".
+   ``_update_states``: before the original drops the finished requests, free their TV-budget entries (they outlive
+   removals from the batch).
    ``sample_tokens``: mark the sampler as recording while real requests are sampled (warm-up / profiling runs are
    not counted), then attach its counters to the ``ModelRunnerOutput`` as the attribute ``ears_stats`` (for an
    async output, when its ``get_output()`` runs).

@@ -1,6 +1,6 @@
-"""The benchmark scripts' quick paths run (``python -m scripts.bench.<name>``) and write well-formed long-format CSV."""
+"""The benchmark scripts' quick paths run (``python -m scripts.bench.<name>``) and write well-formed CSV in the
+results schema (``scripts/harness/results.py``)."""
 
-import csv
 import math
 import os
 import subprocess
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from scripts.harness import task
+from scripts.harness import results, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,8 +33,10 @@ def _run(args, timeout=300, **env):
 
 
 def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The records of one run (the file's only one), as wide dicts."""
+    recs = results.read(path)
+    assert len({r["run"] for r in recs}) == 1 and set(recs[0]) >= set(results.FIXED)
+    return recs
 
 
 def _vllm_importable():

@@ -9,7 +9,9 @@ vocabulary of 8192 left finite and the rest -inf, as vLLM maps it). One torch th
 Providers alternate over ``--rounds`` rounds; each cell is the median of a round's timed calls, the CSV keeps the
 median over rounds with the spread of the round medians (min-max).
 
-    python -m scripts.bench.bench_draft_sampling [--quick] [--out results/bench_draft_sampling_cpu.csv]
+    python -m scripts.bench.bench_draft_sampling [--quick] [--out results/bench_draft_sampling.csv]
+
+The CSV is in the results schema (``scripts/harness/results.py``); a run is appended (``--quick``: replaced).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import statistics
 import torch
 
 from scripts import harness
-from scripts.harness import timing
+from scripts.harness import results, timing
 
 ROOT = harness.ROOT
 COLUMNS = ["timestamp", "device", "threads", "torch", "vllm", "load1", "provider", "rows", "vocab", "draft_vocab",
            "rounds", "ms_p50", "ms_min", "ms_max", "ratio_to_vllm"]
+METRICS = ["ms_p50", "ms_min", "ms_max", "ratio_to_vllm"]  # the rest: fixed or configuration (harness/results.py)
 
 
 def _metadata(rows: int, temperature: float, seeded: bool = False):
@@ -72,7 +75,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.rounds, args.rep_ms = "1", 2, 20.0
-    out = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_draft_sampling_cpu.csv")
+    out = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_draft_sampling.csv")
     torch.set_num_threads(1)
     from ears_vllm.vllm_plugin import register
 
@@ -82,7 +85,7 @@ def main(argv=None):
 
     providers = {"vllm": proposer.compute_probs_and_sample_next_token.__wrapped__,
                  "ears_plugin": proposer.compute_probs_and_sample_next_token}
-    csv_out = timing.LongCsv(out, COLUMNS)
+    csv_out = results.Writer(out, "bench_draft_sampling", COLUMNS, METRICS, replace=args.quick)
     env = timing.env_columns("cpu")
     g = torch.Generator().manual_seed(0)
     for rows in (int(r) for r in args.rows.split(",")):

@@ -20,7 +20,10 @@ Usage::
     python -m scripts.bench.bench_e2e --n 64                       # the full matrix: 5 engines
     python -m scripts.bench.bench_e2e --target DIR --draft DIR --data my_gsm.jsonl
 
-``--quick`` writes to ``results/quick/`` (ignored by git) unless ``--out`` is given.
+CSV: one record per arm in the results schema (``scripts/harness/results.py``), a run appended to
+``results/bench_e2e.csv`` (benchmark ``bench_e2e``; the creative / grounded workloads write ``bench_e2e_text``
+records to the same file). ``--quick`` writes to ``results/quick/`` (ignored by git, replaced) unless ``--out`` is
+given.
 """
 
 import argparse
@@ -28,7 +31,7 @@ import os
 import sys
 
 from scripts import harness
-from scripts.harness import engine, intervals, task, timing
+from scripts.harness import engine, intervals, results, task, timing
 
 ROOT = harness.ROOT
 
@@ -41,6 +44,8 @@ COLUMNS = (["timestamp", "device", "load1", "target", "draft", "data", "n_prompt
            + ["tolerance_accepted", "tolerance_share", "mean_uncertainty", "mean_tv_cost",
               "speedup_vs_ears_alpha0",
               "accuracy", "delta_pts_vs_standard", "delta_lo", "delta_hi", "startup_s"])
+METRICS = COLUMNS[COLUMNS.index("output_tokens"):]  # but passes; the rest: fixed or configuration (results.py)
+METRICS.remove("passes")
 
 
 def main(argv=None):
@@ -117,7 +122,7 @@ def main(argv=None):
             engines.append((m, "standard", [dict(temperature=t, alpha=None, seed=args.seed) for t in temps]))
         if "ears" in samplers:
             engines.append((m, "ears", [dict(temperature=t, alpha=a, seed=args.seed) for t in temps for a in alphas]))
-    results = []
+    arm_results = []
     for method, sampler, runs in timing.progress(engines, desc="engines"):
         job = dict(target=args.target, prompts=prompts, max_tokens=args.max_tokens, runs=repeat(runs),
                    max_model_len=args.max_model_len,
@@ -138,18 +143,18 @@ def main(argv=None):
                     else:
                         spec[key] = spec.get(key, 0) + val
             med = tps[len(tps) // 2] if len(tps) % 2 else (tps[len(tps) // 2 - 1] + tps[len(tps) // 2]) / 2
-            results.append(dict(first, method=method, sampler=sampler, startup_s=res["startup_s"], spec=spec,
-                                tps_median=med, tps_min=tps[0], tps_max=tps[-1], passes=len(tps),
-                                load1=max(r["load1"] for r in same)))
+            arm_results.append(dict(first, method=method, sampler=sampler, startup_s=res["startup_s"], spec=spec,
+                                    tps_median=med, tps_min=tps[0], tps_max=tps[-1], passes=len(tps),
+                                    load1=max(r["load1"] for r in same)))
 
     def find(method, sampler, t, alpha=None):
-        return next((r for r in results if r["method"] == method and r["sampler"] == sampler
+        return next((r for r in arm_results if r["method"] == method and r["sampler"] == sampler
                      and r["temperature"] == t and (alpha is None or r["alpha"] == alpha)), None)
 
     device = timing.device_name("cpu")
-    csv_out = timing.LongCsv(args.out, COLUMNS)
+    csv_out = results.Writer(args.out, "bench_e2e", COLUMNS, METRICS, replace=args.quick)
     rows = []
-    for r in results:
+    for r in arm_results:
         ok = [task.score(x, g) for x, g in zip(r["texts"], golds)]
         tps = r["tps_median"]
         std, nos = find(r["method"], "standard", r["temperature"]), find("none", "none", r["temperature"])

@@ -22,6 +22,10 @@ Quality, each against the standard arm on the same prompts and seeds, with paire
 target's mean log-likelihood per output token (T = 1, scored by the target itself from prompt logprobs, one extra
 engine), distinct-2 (unique / total bigrams of an output), output length; and the exact expected per-token TV cost
 of the EARS step from the plugin's counters (per decided draft and per output token).
+
+CSV: one record per arm (benchmark ``bench_e2e_text``, results schema: ``scripts/harness/results.py``), a run
+appended to ``results/bench_e2e.csv`` (``--quick``: ``results/quick/``, replaced); the plot goes next to it,
+``<csv stem>_<workload>.png``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import os
 import statistics
 
 from scripts import harness
-from scripts.harness import engine, intervals, real_pair, timing
+from scripts.harness import engine, intervals, real_pair, results, timing
 
 ROOT = harness.ROOT
 WORKLOADS = {
@@ -47,6 +51,7 @@ COLUMNS = ["timestamp", "device", "load1", "workload", "target", "draft", "metho
            "tv_cost_per_token", "loglik_per_token", "d_loglik", "d_loglik_lo", "d_loglik_hi", "distinct2",
            "d_distinct2", "d_distinct2_lo", "d_distinct2_hi", "mean_len", "d_len", "d_len_lo", "d_len_hi",
            "startup_s", "dtype", "compiled"]
+METRICS = COLUMNS[COLUMNS.index("output_tokens"):COLUMNS.index("dtype")]  # the rest: fixed or configuration
 
 
 def distinct2(ids: list[int]) -> float:
@@ -76,8 +81,8 @@ def run(args) -> list[dict]:
     k = args.k if args.k is not None else 4
     dtype = args.dtype or DTYPE
     eager = not args.compile
-    out_csv = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", f"bench_e2e_{args.workload}.csv")
-    csv_out = timing.LongCsv(out_csv, COLUMNS)
+    out_csv = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_e2e.csv")
+    csv_out = results.Writer(out_csv, "bench_e2e_text", COLUMNS, METRICS, replace=args.quick)
     device = timing.device_name("cpu")
     rows = []
     for conc, n in zip(concurrencies, n_per):
@@ -89,7 +94,7 @@ def run(args) -> list[dict]:
             arms.append(("standard", [dict(temperature=temperature, alpha=None, seed=args.seed)]))
         if "ears" in samplers:
             arms.append(("ears", [dict(temperature=temperature, alpha=a, seed=args.seed) for a in alphas]))
-        results = []
+        arm_results = []
         for sampler, runs in timing.progress(arms, desc=f"{args.workload} c={conc}"):
             job = dict(target=target, prompts=prompts, max_tokens=args.max_tokens, dtype=dtype, chat=True,
                        enforce_eager=eager,
@@ -102,13 +107,14 @@ def run(args) -> list[dict]:
             res = engine.run_engine_job(job, log_path=args.log and f"{args.log}.{args.workload}.c{conc}.{sampler}.log")
             for r in runs:
                 same = [x for x in res["results"] if x["alpha"] == r["alpha"]]
-                results.append(dict(sampler=sampler, alpha=r["alpha"], passes=same, startup_s=res["startup_s"]))
+                arm_results.append(dict(sampler=sampler, alpha=r["alpha"], passes=same, startup_s=res["startup_s"]))
         # The target scores every arm's first-pass outputs (its log-likelihood of each output token, T = 1).
-        pairs = [[p, o] for a in results for p, o in zip(a["passes"][0]["prompt_ids"], a["passes"][0]["output_ids"])]
+        pairs = [[p, o] for a in arm_results
+                 for p, o in zip(a["passes"][0]["prompt_ids"], a["passes"][0]["output_ids"])]
         scores = engine.run_engine_job(dict(target=target, prompts=[], max_tokens=1, runs=[], dtype=DTYPE,
                                             max_model_len=args.max_model_len, speculative_config=None, score=pairs),
                                        log_path=args.log and f"{args.log}.{args.workload}.c{conc}.score.log")["scores"]
-        for a in results:
+        for a in arm_results:
             first = a["passes"][0]
             a["loglik"] = [s / max(len(o), 1) for s, o in zip(scores[:len(prompts)], first["output_ids"])]
             scores = scores[len(prompts):]
@@ -125,8 +131,8 @@ def run(args) -> list[dict]:
                         spec[key] = spec.get(key, 0) + val
             a["spec"] = spec
             a["tokens"] = sum(sum(p["output_tokens"]) for p in a["passes"])
-        std = next((a for a in results if a["sampler"] == "standard"), None)
-        nos = next((a for a in results if a["sampler"] == "none"), None)
+        std = next((a for a in arm_results if a["sampler"] == "standard"), None)
+        nos = next((a for a in arm_results if a["sampler"] == "none"), None)
 
         def tpot_ratio(base, arm):  # geometric mean over prompts of base TPOT / arm TPOT, 95% interval
             if base is None:
@@ -140,7 +146,7 @@ def run(args) -> list[dict]:
                 return float("nan"), float("nan"), float("nan")
             return intervals.mean_ci([x - y for x, y in zip(arm[key], base[key])])
 
-        for a in results:
+        for a in arm_results:
             ss = engine.spec_summary(a["spec"], k) if a["sampler"] != "none" else engine.spec_summary({}, k)
             verified = a["spec"].get(engine.EARS_VERIFIED, 0)
             tv_sum = a["spec"].get(engine.EARS_TV_SUM, 0.0)
@@ -219,4 +225,4 @@ def plot(rows, out_csv) -> str:
         ax.legend(fontsize=7)
     fig.suptitle(f"{rows[0]['workload']} | {rows[0]['device']} | {rows[0]['target']} | {rows[0]['method']} k="
                  f"{rows[0]['k']} T={rows[0]['temperature']}", fontsize=9)
-    return timing.save_figure(fig, os.path.splitext(out_csv)[0] + ".png")
+    return timing.save_figure(fig, f"{os.path.splitext(out_csv)[0]}_{rows[0]['workload']}.png")

@@ -44,8 +44,13 @@ at the same shape (< 1 is faster).
 Usage::
 
     python -m scripts.bench.bench_kernel --quick                                   # CPU, to results/quick/ (ignored)
-    python -m scripts.bench.bench_kernel --out results/bench_kernel_cpu.csv        # CPU sweeps
+    python -m scripts.bench.bench_kernel                        # CPU sweeps, a run appended to results/bench_kernel.csv
     python -m scripts.bench.bench_kernel --device cuda --out $OUT/bench_kernel_h100.csv   # GPU grid
+    python -m scripts.bench.bench_kernel --plot-only results/bench_kernel.csv --run bench_kernel_gpu \
+        --plot-stem results/bench_kernel_gpu                                      # redraw one run's PNGs
+
+The CSV is in the results schema (``scripts/harness/results.py``): the columns after ``ms_p50`` but ``peak_source``
+and ``note`` are metric lines.
 """
 
 import argparse
@@ -59,7 +64,7 @@ import time
 import torch
 
 from ears_vllm import ears_rejection_sample
-from scripts.harness import timing
+from scripts.harness import results, timing
 
 PROVIDERS = ("ears_triton", "ears_torch", "ears_unfused", "stock", "reference")
 EARS_PROVIDERS = ("ears_triton", "ears_torch", "reference")
@@ -69,6 +74,8 @@ COLUMNS = ["timestamp", "device", "device_type", "threads", "load1", "python", "
            "provider", "batch", "k", "vocab", "dtype", "draft_probs", "temperature", "alpha",
            "ms_p50", "ms_p20", "ms_p80", "bytes", "gbps", "peak_gbps", "peak_source", "frac_peak",
            "ratio_to_stock", "accept_len", "rejected_reqs", "note"]
+METRICS = ["ms_p50", "ms_p20", "ms_p80", "bytes", "gbps", "peak_gbps", "frac_peak", "ratio_to_stock", "accept_len",
+           "rejected_reqs"]  # the other columns: fixed or configuration (scripts/harness/results.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +293,7 @@ def run(args):
     if args.reference_max_elems is None:  # the reference runs on the CPU: keep it to small shapes on CUDA
         args.reference_max_elems = 1_000_000 if device.startswith("cuda") else 5_000_000
     warmup_ms = 10.0 if args.quick else 25.0
-    out = timing.LongCsv(args.out, COLUMNS, append=args.append)
+    out = results.Writer(args.out, "bench_kernel", COLUMNS, METRICS, replace=args.quick)
     print(f"[bench_kernel] {env['device']} | torch {env['torch']} triton {env['triton']} | threads "
           f"{env['threads']} | stock: {stock_desc} | peak {peak:.1f} GB/s ({peak_src}) | {len(cfgs)} shapes "
           f"({shape_name}) -> {args.out}", file=sys.stderr)
@@ -299,15 +306,15 @@ def run(args):
             continue
         inp = make_inputs(cfg, device, args.temperature, args.seed)
         fns = make_providers(cfg, inp, device, args.alpha, stock, args.reference_max_elems, names)
-        results = {}
+        timed = {}
         for prov, fn in fns.items():
             tok = _tokens(fn())
             emitted = (tok != -1).sum(dim=1)
             ms = timing.time_fn(fn, device, rep_ms=rep_ms, warmup_ms=warmup_ms,
                                 min_reps=1 if prov == "reference" else 3)
-            results[prov] = (ms, float(emitted.float().mean()), int((emitted < cfg.k + 1).sum()))
-        stock_ms = results["stock"][0][0] if "stock" in results else float("nan")
-        for prov, (ms, acc_len, rej) in results.items():
+            timed[prov] = (ms, float(emitted.float().mean()), int((emitted < cfg.k + 1).sum()))
+        stock_ms = timed["stock"][0][0] if "stock" in timed else float("nan")
+        for prov, (ms, acc_len, rej) in timed.items():
             nbytes = bytes_moved(prov, cfg, rej)
             gbps = nbytes / (ms[0] * 1e-3) / 1e9
             row = dict(env, timestamp=timing.timestamp(), load1=timing.load1(), stock_source=stock_desc, provider=prov,
@@ -317,7 +324,7 @@ def run(args):
                        ratio_to_stock=ms[0] / stock_ms, accept_len=acc_len, rejected_reqs=rej,
                        note=note if prov in ("stock", "ears_unfused") else "")
             out.write(row)
-            rows.append(row)
+            rows.append(dict(row, run=out.run))
         del inp, fns
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -409,8 +416,9 @@ def main(argv=None):
     ap.add_argument("--shapes", choices=("tiny", "quick", "sweep", "grid", "target"),
                     help="shape set (default: quick with --quick, else sweep on CPU / grid on CUDA)")
     ap.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}")
-    ap.add_argument("--out", default=None, help="CSV path (PNGs are written next to it)")
-    ap.add_argument("--append", action="store_true", help="append to an existing CSV instead of replacing it")
+    ap.add_argument("--out", default=None, help="CSV path, results schema (PNGs are written next to it); default "
+                    "results/bench_kernel.csv, a run appended (--quick: results/quick/, replaced)")
+    ap.add_argument("--append", action="store_true", help="no effect: a run is always appended (old command lines)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (the target is one thread)")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--alpha", type=float, default=0.3)
@@ -425,17 +433,24 @@ def main(argv=None):
     ap.add_argument("--fix-cpu-expand", action="store_true", help="time stock with a correct CPU expand kernel")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--plot-only", metavar="CSV", help="only redraw the PNGs of an existing CSV (e.g. from a GPU)")
+    ap.add_argument("--plot-only", metavar="CSV", help="only redraw the PNGs of one run of an existing CSV (e.g. "
+                    "from a GPU)")
+    ap.add_argument("--run", help="--plot-only: the run to draw (needed when the CSV holds several)")
+    ap.add_argument("--plot-stem", help="--plot-only: write STEM_{time,ratio,gbps}.png (default: the CSV's path "
+                    "without .csv, plus _RUN when --run is given)")
     args = ap.parse_args(argv)
     if args.plot_only:
-        rows = [_typed(r) for r in timing.read_csv(args.plot_only)]
+        run_name = results.one_run(args.plot_only, args.run, "bench_kernel")
+        rows = [_typed(r) for r in results.read(args.plot_only, "bench_kernel", run_name)]
         summarize(rows, "cuda" if rows and rows[0]["device_type"] == "cuda" else "cpu")
-        for path in plot(rows, args.plot_only, args.device):
+        stem = args.plot_stem or (os.path.splitext(args.plot_only)[0] + (f"_{args.run}" if args.run else ""))
+        for path in plot(rows, stem + ".csv", args.device):
             print(f"[bench_kernel] wrote {path}", file=sys.stderr)
         return
     if args.out is None:
         tag = "cuda" if args.device.startswith("cuda") else "cpu"
-        args.out = os.path.join("results", "quick" if args.quick else "", f"bench_kernel_{tag}.csv")
+        args.out = os.path.join("results", "quick" if args.quick else "",
+                                f"bench_kernel_{tag}.csv" if args.quick else "bench_kernel.csv")
     rows = run(args)
     summarize(rows, args.device)
     if not args.no_plots:
@@ -443,7 +458,8 @@ def main(argv=None):
             for path in plot(rows, args.out, args.device):
                 print(f"[bench_kernel] wrote {path}", file=sys.stderr)
         except ImportError as e:  # e.g. no matplotlib on the GPU machine: redraw later with --plot-only
-            print(f"[bench_kernel] no plots ({e}); run --plot-only {args.out} elsewhere", file=sys.stderr)
+            print(f"[bench_kernel] no plots ({e}); run --plot-only {args.out} --run {rows[0]['run'] if rows else ''} "
+                  "elsewhere", file=sys.stderr)
     print(f"[bench_kernel] wrote {args.out} ({len(rows)} rows)", file=sys.stderr)
 
 

@@ -26,12 +26,13 @@ freed blocks are faulted back in on the next call (``minflt_per_call``); setting
 
 GPU (``--device cuda``, ``scripts/harness/step_gpu.py``): the plugin's V1 and MRV2 samplers against vLLM's V1 and
 MRV2 samplers and the MRV2 verification alone, in one process, interleaved, wall and CUDA-event timings and a
-per-kernel profile (defaults: K=4 V=151936 bf16, B=1,16,64,256, 40 calls; ``results/bench_step_gpu.csv`` and
-``..._profile.csv``). It needs vLLM's Python sources (on the lent machines: ``../shared/gpu/make_kit.sh``).
+per-kernel profile (defaults: K=4 V=151936 bf16, B=1,16,64,256, 40 calls; records ``bench_step`` and
+``bench_step_profile`` of one run in ``results/bench_step.csv``). It needs vLLM's Python sources (on the lent
+machines: ``../shared/gpu/make_kit.sh``).
 
 Usage::
 
-    python -m scripts.bench.bench_step --out results/bench_step_cpu.csv          # B=32 K=4 V=32000, 7 rounds
+    python -m scripts.bench.bench_step               # B=32 K=4 V=32000, 7 rounds, appended to results/bench_step.csv
     python -m scripts.bench.bench_step --quick                                    # small, to results/quick/ (ignored)
     python -m scripts.bench.bench_step --device cuda                              # GPU mode
 """
@@ -47,7 +48,7 @@ import sys
 import time
 
 from scripts import harness
-from scripts.harness import step_gpu, timing
+from scripts.harness import results, step_gpu, timing
 
 ROOT = harness.ROOT
 
@@ -58,6 +59,7 @@ ALPHA = 0.3
 COLUMNS = ["timestamp", "device", "device_type", "threads", "load1", "python", "torch", "vllm", "provider", "case",
            "batch", "k", "vocab", "dtype", "draft_probs", "seeded", "round", "calls", "ms_p50", "ms_p20",
            "ms_p80", "minflt_per_call", "ears_path"]
+METRICS = ["ms_p50", "ms_p20", "ms_p80", "minflt_per_call"]  # the rest: fixed or configuration (harness/results.py)
 
 
 # ---- worker: one provider, one case, in a fresh process -------------------------------------------------------
@@ -144,7 +146,8 @@ def run_worker(cfg: dict) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--out", default=None, help="default results/bench_step_<device>.csv (--quick: results/quick/)")
+    ap.add_argument("--out", default=None, help="default results/bench_step.csv, a run appended (--quick: "
+                    "results/quick/, replaced)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=None, help="default 32000 (cpu), 151936 (cuda)")
@@ -167,20 +170,20 @@ def main(argv=None):
     args.vocab = args.vocab or (151936 if gpu else 32000)
     args.dtype = args.dtype or ("bf16" if gpu else "fp32")
     if gpu:
-        args.out = args.out or os.path.join(ROOT, "results", "bench_step_gpu.csv")
+        args.out = args.out or os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_step.csv")
         return step_gpu.main(args)
     if args.quick:
         args.batch, args.k, args.vocab, args.rounds, args.calls, args.warmup = 8, 2, 4096, 2, 8, 2
     if args.out is None:
-        args.out = os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_step_cpu.csv")
+        args.out = os.path.join(ROOT, "results", "quick" if args.quick else "", "bench_step.csv")
     cases = [c for c in args.cases.split(",") if c]
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"bench_step: unknown case {c!r}; use {', '.join(CASES)}")
-    csv_out = timing.LongCsv(args.out, COLUMNS)
+    csv_out = results.Writer(args.out, "bench_step", COLUMNS, METRICS, replace=args.quick)
     jobs = [(c, r, p) for c in cases for r in range(args.rounds)
             for p in (PROVIDERS if r % 2 == 0 else PROVIDERS[::-1])]
-    results: dict = {}
+    medians: dict = {}
     for case, rnd, provider in timing.progress(jobs, desc="bench_step", disable=args.no_progress):
         cfg = dict(provider=provider, case=case, batch=args.batch, k=args.k, vocab=args.vocab, dtype=args.dtype,
                    draft_probs=args.draft_probs, seeded=args.seeded, calls=args.calls, warmup=args.warmup)
@@ -189,11 +192,11 @@ def main(argv=None):
                    vocab=args.vocab, dtype=args.dtype, draft_probs=args.draft_probs, seeded=args.seeded, round=rnd,
                    calls=args.calls)
         csv_out.write(row)
-        results.setdefault(case, {}).setdefault(provider, []).append(res["ms_p50"])
+        medians.setdefault(case, {}).setdefault(provider, []).append(res["ms_p50"])
     print(f"\nB={args.batch} K={args.k} V={args.vocab} {args.dtype} draft_probs={args.draft_probs} "
           f"seeded={args.seeded}, one thread, "
           f"{args.rounds} rounds x {args.calls} calls, medians of per-process medians [range over rounds]")
-    for case, per in results.items():
+    for case, per in medians.items():
         ears, stock = per["ears"], per["stock"]
         ratios = [e / s for e, s in zip(ears, stock)]
         print(f"  {case:12s}  EARS {statistics.median(ears):8.2f} ms "

@@ -14,7 +14,8 @@ baseline; without it the baseline is alpha = 0 on the EARS server (the same rule
 Printed: the paper-style table: throughput change % vs standard (output tokens / wall time of the pass), accuracy
 with a 95% Wilson interval, accuracy change in points vs standard with a paired 95% interval (same items and seeds;
 with ``--repeats`` > 1 the differences are averaged per problem first, so the interval is over problems).
-CSV: one row per arm (``results/eval_*.csv``; ``--quick``: ``results/quick/``, ignored by git).
+CSV: one record per arm in the results schema (``scripts/harness/results.py``), a run appended to
+``results/eval_accuracy.csv`` (``--quick``: ``results/quick/``, replaced, ignored by git).
 
 Usage::
 
@@ -29,7 +30,7 @@ import sys
 import time
 
 from scripts import harness
-from scripts.harness import engine, intervals, task, timing
+from scripts.harness import engine, intervals, results, task, timing
 
 ROOT = harness.ROOT
 
@@ -38,6 +39,7 @@ COLUMNS = ["timestamp", "device", "threads", "load1", "target", "draft", "method
            "output_tokens", "wall_s", "tokens_per_s", "throughput_change_pct", "mean_accept_len", "accept_rate",
            "tolerance_share", "mean_uncertainty", "mean_tv_cost", "delta_a0_pts", "delta_a0_lo", "delta_a0_hi",
            "seed", "mode"]
+METRICS = COLUMNS[COLUMNS.index("accuracy"):COLUMNS.index("seed")]  # the rest: fixed or configuration (results.py)
 
 
 def load_items(path: str, n: int, repeats: int):
@@ -188,7 +190,7 @@ def main(argv=None):
     if ("standard", None) not in arms:
         arms[("standard", None)] = dict(arms[("ears", 0.0)], baseline="ears alpha=0")
     rows = table(arms, golds, args, timing.device_name("cpu"))
-    csv_out = timing.LongCsv(args.out, COLUMNS, append=False)
+    csv_out = results.Writer(args.out, "eval_accuracy", COLUMNS, METRICS, replace=args.quick)
     for r in rows:
         csv_out.write(r)
     print(f"{args.data}: {len(items)} items, T={args.temperature}, {args.method} k={args.k}")

@@ -21,15 +21,17 @@ counters; FLy's is not a per-token quantity). ``on_frontier``: no other arm of t
 at least as fast and at least as good (the size of the log-likelihood shift, or the accuracy change for gsm) and
 better in one. ``in_noise``: every quality interval contains 0.
 
-One long-format CSV (``results/frontier.csv``), one plot per workload (``results/frontier_<workload>.png``, named
-after the CSV). ``--arms`` runs a subset (the reference always runs).
+One CSV in the results schema (``scripts/harness/results.py``; benchmark ``frontier``, a run appended to
+``results/frontier.csv``), one plot per workload (``results/frontier_<workload>.png``, named after the CSV).
+``--arms`` runs a subset (the reference always runs). ``--replot`` recomputes the flags of every run of the CSV and
+redraws the plots of one (``--run``; the file's first run by default).
 
 Usage::
 
     python -m scripts.bench.frontier                                   # every workload, concurrency 1 and 4
     python -m scripts.bench.frontier --workloads creative --concurrency 1 --n 8 --max-tokens 48   # a quick look
-    python -m scripts.bench.frontier --arms "standard seed+1,ears a=0.0" \
-        --out results/frontier_controls.csv                       # only the controls (and the reference)
+    python -m scripts.bench.frontier --arms "standard seed+1,ears a=0.0"  # only the controls (and the reference)
+    python -m scripts.bench.frontier --replot                          # redraw results/frontier_*.png
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import statistics
 
 from scripts import harness
 from scripts.bench.bench_e2e_text import distinct2, load_prompts
-from scripts.harness import engine, intervals, real_pair, task, timing
+from scripts.harness import engine, intervals, real_pair, results, task, timing
 
 ROOT = harness.ROOT
 WORKLOADS = {
@@ -61,6 +63,7 @@ COLUMNS = ["timestamp", "device", "load1", "workload", "concurrency", "method", 
            "tpot_ratio_lo", "tpot_ratio_hi", "mean_accept_len", "accept_rate", "tv_per_token", "tv_exact",
            "d_loglik", "d_loglik_lo", "d_loglik_hi", "d_distinct2", "d_distinct2_lo", "d_distinct2_hi", "d_len",
            "d_len_lo", "d_len_hi", "accuracy", "d_acc_pts", "d_acc_lo", "d_acc_hi", "on_frontier", "in_noise"]
+METRICS = [c for c in COLUMNS[COLUMNS.index("output_tokens"):] if c != "tv_exact"]  # the rest: fixed or configuration
 
 
 def engines(k: int, only: set[str] | None = None) -> list[dict]:
@@ -232,8 +235,9 @@ def plot_path(csv_path: str, workload: str) -> str:
     return f"{os.path.splitext(csv_path)[0]}_{workload}.png"
 
 
-def replot(path: str) -> None:
-    rows = timing.read_csv(path)
+def replot(path: str, run: str | None = None) -> None:
+    rows = results.read(path)
+    run = run or (rows[0]["run"] if rows else None)
     for r in rows:
         for key in COLUMNS:
             v = r.get(key, "")
@@ -241,21 +245,21 @@ def replot(path: str) -> None:
                 r[key] = int(v)
             elif key in ("tv_exact", "on_frontier", "in_noise"):
                 r[key] = v == "True"
-            elif key not in ("timestamp", "device", "workload", "method", "arm", "rule") and v != "":
+            elif key not in ("timestamp", "device", "workload", "method", "arm", "rule", "benchmark", "run") \
+                    and v != "":
                 r[key] = float(v)
             elif v == "" and key.startswith("d_"):
                 r[key] = float("nan")
     groups = {}
     for r in rows:
-        groups.setdefault((r["workload"], r["concurrency"]), []).append(r)
+        groups.setdefault((r["benchmark"], r["run"], r["workload"], r["concurrency"]), []).append(r)
     for group in groups.values():
         mark_frontier(group)
-    out = timing.LongCsv(path, COLUMNS)
-    for r in rows:
-        out.write(r)
-    for name in dict.fromkeys(r["workload"] for r in rows):
-        plot([r for r in rows if r["workload"] == name], plot_path(path, name))
-    print(f"[frontier] rewrote {path} and its plots")
+    results.write_records(path, rows, COLUMNS, METRICS)
+    drawn = [r for r in rows if r["run"] == run]
+    for name in dict.fromkeys(r["workload"] for r in drawn):
+        plot([r for r in drawn if r["workload"] == name], plot_path(path, name))
+    print(f"[frontier] rewrote {path} and the plots of run {run}")
 
 
 def main(argv=None):
@@ -268,14 +272,15 @@ def main(argv=None):
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "frontier.csv"))
-    ap.add_argument("--append", action="store_true", help="add rows to an existing CSV")
+    ap.add_argument("--append", action="store_true", help="no effect: a run is always appended (old command lines)")
     ap.add_argument("--log", default=None, help="prefix for engine logs")
     ap.add_argument("--arms", default=None, help="comma-separated arm names to run besides the reference")
     ap.add_argument("--replot", action="store_true", help="recompute the frontier flags of --out and redraw its plots")
+    ap.add_argument("--run", help="--replot: the run whose plots to draw (default: the file's first)")
     args = ap.parse_args(argv)
     if args.replot:
-        return replot(args.out)
-    csv_out = timing.LongCsv(args.out, COLUMNS, append=args.append)
+        return replot(args.out, args.run and results.one_run(args.out, args.run, "frontier"))
+    csv_out = results.Writer(args.out, "frontier", COLUMNS, METRICS)
     for name in args.workloads.split(","):
         rows = []
         for c in (int(x) for x in args.concurrency.split(",")):

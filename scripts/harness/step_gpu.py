@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from . import timing
+from . import results, timing
 
 ALPHA = 0.3
 TEMPERATURE = 0.7
@@ -39,6 +39,8 @@ COLUMNS = ["timestamp", "device", "device_type", "python", "torch", "triton", "v
            "event_ms_p50", "event_ms_p20", "event_ms_p80", "gpu_us_per_call"]
 PROFILE_COLUMNS = ["timestamp", "device", "provider", "case", "batch", "k", "vocab", "dtype", "draft_probs",
                    "kernel", "us_per_call", "launches_per_call"]
+METRICS = ["wall_ms_p50", "wall_ms_p20", "wall_ms_p80", "event_ms_p50", "event_ms_p20", "event_ms_p80",
+           "gpu_us_per_call", "us_per_call", "launches_per_call"]  # the rest: fixed or configuration (results.py)
 
 
 def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bool, seed: int = 0,
@@ -187,8 +189,8 @@ def main(args) -> None:
     batches = [int(x) for x in args.batches.split(",")]
     profile_batches = {int(x) for x in args.profile_batches.split(",") if x}
     env = dict(timing.env_columns("cuda"), vllm=vllm.__version__)
-    out = timing.LongCsv(args.out, COLUMNS, append=args.append)
-    prof_out = timing.LongCsv(args.out.replace(".csv", "_profile.csv"), PROFILE_COLUMNS, append=args.append)
+    out = results.Writer(args.out, "bench_step", COLUMNS, METRICS, replace=args.quick)
+    prof_out = results.Writer(args.out, "bench_step_profile", PROFILE_COLUMNS, METRICS, run=out.run)
     print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, vLLM {env['vllm']} (Python sources); "
           f"K={args.k} V={args.vocab} {args.dtype} draft_probs={args.draft_probs}; {args.calls} interleaved calls, "
           "medians [p20-p80]")
@@ -231,7 +233,7 @@ def main(args) -> None:
             print("    wall ratios: " + ", ".join(ratios))
             del providers
             torch.cuda.empty_cache()
-    print(f"wrote {args.out} and {args.out.replace('.csv', '_profile.csv')}")
+    print(f"wrote {args.out} (run {out.run}: bench_step and bench_step_profile records)")
 
 
 def add_arguments(ap) -> None:
@@ -239,4 +241,4 @@ def add_arguments(ap) -> None:
     ap.add_argument("--profile-batches", default="64", help="--device cuda: batch sizes profiled per kernel (and "
                     "the only ones of the other cases)")
     ap.add_argument("--profile-calls", type=int, default=20)
-    ap.add_argument("--append", action="store_true", help="--device cuda: append to the CSVs")
+    ap.add_argument("--append", action="store_true", help="no effect: a run is always appended (old command lines)")

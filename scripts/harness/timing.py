@@ -1,12 +1,12 @@
-"""Timing and recording for the benchmarks: the timing rule, environment columns, long-format CSV, peak bandwidth.
+"""Timing for the benchmarks: the timing rule, environment columns, peak bandwidth, plots (the CSV schema, its
+writer and reader: ``results.py``).
 
 One timing rule for every script: on CUDA ``triton.testing.do_bench`` with quantiles (0.5, 0.2, 0.8) (it flushes
 the L2 cache between calls); on CPU (Triton has no CPU driver) the same quantiles of ``time.perf_counter`` over
 repeated calls after a warm-up. Every result row carries the device, library versions, thread count, load average
-and a timestamp, so CSVs from different machines can be concatenated.
+and a timestamp (the fixed columns of ``results.py``), so runs from different machines share one file.
 """
 
-import csv
 import datetime as _dt
 import os
 import platform
@@ -133,35 +133,6 @@ def time_fn(fn, device: str, rep_ms: float = 100.0, warmup_ms: float = 25.0, min
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     return quantiles(samples)
-
-
-class LongCsv:
-    """Append rows (dicts) to one CSV with a fixed column order; writes the header when the file is new."""
-
-    def __init__(self, path: str, columns, append: bool = False):
-        self.path, self.columns = path, list(columns)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if not append or not os.path.exists(path):
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-
-    def write(self, row: dict):
-        missing = [c for c in self.columns if c not in row]
-        if missing:
-            raise KeyError(f"row lacks columns {missing}")
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row[c]) for c in self.columns])
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return "" if v != v else f"{v:.6g}"
-    return v
-
-
-def read_csv(path: str):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def pyplot():

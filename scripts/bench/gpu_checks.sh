@@ -3,8 +3,10 @@
 # that ../shared/gpu/make_kit.sh builds (plus a sitecustomize.py that imports its stub_missing), then
 #   1. the MRV2 contract tests on CUDA (tests/e2e/test_mrv2_sampler.py: alpha 0 = MRV2's rejection_sample token for
 #      token, the EARS rule and law with 100x the CPU samples, CUDA-graph replay),
-#   2. bench_step --device cuda (V1 and MRV2 samplers, plugin and vLLM, wall / CUDA-event / per-kernel),
-#   3. the library's kernel tests on CUDA (equivalence, statistics, validation; SKIP_KERNEL_TESTS=1 skips them).
+#   2. bench_step --device cuda (V1 and MRV2 samplers, plugin and vLLM, wall / CUDA-event / per-kernel; the
+#      temperature and top-k / top-p cases, drafts' probabilities, every request seeded),
+#   3. the library's kernel tests on CUDA (equivalence, statistics, validation, stateless randomness;
+#      SKIP_KERNEL_TESTS=1 skips them).
 # The kit's sitecustomize.py also makes MRV2's UVA buffers use vLLM's own fallback (the compiled op is absent).
 # Usage, on the device from the repository root: bash scripts/bench/gpu_checks.sh OUTDIR   (KIT=.gpu-kit by default)
 set -uo pipefail
@@ -30,5 +32,7 @@ timeout 200 python3 -m scripts.bench.bench_step --device cuda --out "$OUT/bench_
   | tee "$OUT/bench_step_gpu.log"
 timeout 50 python3 -m scripts.bench.bench_step --device cuda --draft-probs --batches 64 --cases temperature --append \
   --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 | tee -a "$OUT/bench_step_gpu.log"
+timeout 50 python3 -m scripts.bench.bench_step --device cuda --batches 64 --cases seeded \
+  --out "$OUT/bench_step_gpu.csv" --no-progress 2>&1 | tee -a "$OUT/bench_step_gpu.log"
 [ -n "${SKIP_KERNEL_TESTS:-}" ] || timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -x tests/test_equivalence.py \
-  tests/test_statistics.py tests/test_validation.py 2>&1 | tee "$OUT/kernel_tests_cuda.log" | tail -5
+  tests/test_statistics.py tests/test_validation.py tests/test_stateless.py 2>&1 | tee "$OUT/kernel_tests_cuda.log" | tail -5

@@ -10,7 +10,10 @@ Providers (each called as its runner calls it):
   ``ears_rejection_sample_mrv2`` / MRV2's ``rejection_sample`` (the issue's "EARS adds at most 5% to MRV2's
   verification").
 Inputs as the CPU mode's: B requests x K drafts, logits ``randn * 3`` over V, each draft the row's argmax with
-probability 0.7, temperature 0.7 (``topk_topp``: top_k 50, top_p 0.9), alpha 0.3; with ``--draft-probs`` the
+probability 0.7, temperature 0.7 (``topk_topp``: top_k 50, top_p 0.9; ``seeded``: every request seeded, vLLM's
+with a CUDA generator each, the plugin's by ``SamplingParams.seed`` in ``RequestSeeds``), alpha 0.3. The plugin's
+V1 sampler is built as the runner patch builds it (seeds, the token-position buffer: stateless randomness on
+CUDA); with ``--draft-probs`` the
 drafter's logits are ``randn`` (V1 gets their softmax at the temperature, MRV2 the logits). FlashInfer is absent on
 the lent machines, so vLLM's V1 ``Sampler`` and MRV2's top-k / top-p use vLLM's native (PyTorch / Triton) paths.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -32,7 +36,8 @@ from . import results, timing
 
 ALPHA = 0.3
 TEMPERATURE = 0.7
-CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9)}
+CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9),
+         "seeded": dict(top_k=None, top_p=None, seeded=True)}
 PROVIDERS = ("v1_ears", "v1_vllm", "mrv2_ears", "mrv2_vllm", "mrv2_verify_ears", "mrv2_verify_vllm")
 COLUMNS = ["timestamp", "device", "device_type", "python", "torch", "triton", "vllm", "provider", "case", "batch",
            "k", "vocab", "dtype", "draft_probs", "calls", "wall_ms_p50", "wall_ms_p20", "wall_ms_p80",
@@ -46,7 +51,9 @@ METRICS = ["wall_ms_p50", "wall_ms_p20", "wall_ms_p80", "event_ms_p50", "event_m
 def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bool, seed: int = 0,
           device: str = "cuda") -> dict:
     """Provider name -> (prepare, call): ``prepare()`` makes the call's fresh inputs, ``call(inputs)`` runs it."""
+    from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
     from vllm.v1.sample.metadata import SamplingMetadata
     from vllm.v1.sample.rejection_sampler import RejectionSampler
     from vllm.v1.sample.sampler import Sampler
@@ -57,12 +64,13 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
     from ears_vllm.vllm_plugin.config import EarsSettings
     from ears_vllm.vllm_plugin.mrv2_rejection import Scratch, ears_rejection_sample_mrv2
     from ears_vllm.vllm_plugin.mrv2_sampler import EarsMrv2RejectionSampler
+    from ears_vllm.vllm_plugin.request_seed import RequestSeeds
     from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
 
     from .mrv2 import SamplerStub, input_batch, sampling_states, spec_config
 
     dev = torch.device(device)
-    top_k, top_p = CASES[case]["top_k"], CASES[case]["top_p"]
+    top_k, top_p, seeded = CASES[case]["top_k"], CASES[case]["top_p"], CASES[case].get("seeded", False)
     g = torch.Generator().manual_seed(seed)
     rows = b * (k + 1)
     logits = (torch.randn(rows, v, generator=g) * 3).to(dtype).to(dev)
@@ -86,7 +94,8 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
         temperature=torch.full((b,), TEMPERATURE, device=dev), all_greedy=False, all_random=True,
         top_p=None if top_p is None else torch.full((b,), top_p, device=dev),
         top_k=None if top_k is None else torch.full((b,), top_k, **i32),
-        generators={}, max_num_logprobs=None, no_penalties=True, prompt_token_ids=None,
+        generators={i: torch.Generator(device=dev).manual_seed(1000 + i) for i in range(b)} if seeded else {},
+        max_num_logprobs=None, no_penalties=True, prompt_token_ids=None,
         frequency_penalties=torch.zeros(b, device=dev), presence_penalties=torch.zeros(b, device=dev),
         repetition_penalties=torch.ones(b, device=dev), output_token_ids=[[] for _ in range(b)],
         allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors(),
@@ -94,7 +103,16 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
     v1_probs = None
     if draft_logits is not None:
         v1_probs = torch.softmax(draft_logits.float() / TEMPERATURE, -1).reshape(b * k, v)
-    v1_ears = EarsRejectionSampler(Sampler(), None, dev, settings)
+    # As the runner patch builds it: each request's seed in RequestSeeds (a logits processor of the batch), the
+    # runner's buffer of token positions (request i's rows at 100 + 7 i + j) for the stateless randomness.
+    seeds = RequestSeeds(b, dev)
+    seeds.update_state(BatchUpdate(b, removed=[], moved=[], added=[
+        (i, SamplingParams(seed=1000 + i if seeded else None), None, []) for i in range(b)]))
+    token_positions = ((torch.arange(b) * 7 + 100)[:, None] + torch.arange(k + 1)).reshape(-1).to(dev)
+    procs = LogitsProcessors()
+    procs.argmax_invariant.append(seeds)
+    ears_sm = replace(sm, logitsprocs=procs)
+    v1_ears = EarsRejectionSampler(Sampler(), None, dev, settings, None, None, seeds, token_positions)
     v1_ears.recording = True  # as in a serving step: its counters are queued for the step's output
     v1_vllm = RejectionSampler(Sampler())
 
@@ -124,7 +142,7 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
         return None
 
     return {
-        "v1_ears": (fresh, lambda x: (v1_ears(meta, v1_probs, x, sm), v1_ears.take_pending())),
+        "v1_ears": (fresh, lambda x: (v1_ears(meta, v1_probs, x, ears_sm), v1_ears.take_pending())),
         "v1_vllm": (fresh, lambda x: v1_vllm(meta, v1_probs, x, sm)),
         "mrv2_ears": (fresh, lambda x: (mrv2_ears(x, batch, draft_logits), mrv2_ears.take_pending())),
         "mrv2_vllm": (fresh, lambda x: mrv2_vllm(x, batch, draft_logits)),

@@ -185,9 +185,10 @@ def ears_rejection_sample(
         None: no budget.
     seeds, positions : torch.Tensor, optional
         Shape: ``[batch]``, integer, given together: stateless randomness instead of ``uniform_probs``,
-        ``recovery_noise`` and ``generator``. Each request's uniforms and race noise are Triton's Philox keyed by its
-        seed and the token positions of its rows (``positions``: the token position of each request's bonus row,
-        its last; draft ``j`` of ``n`` sits at ``positions - n + j``), drawn inside the Triton kernel (no
+        ``recovery_noise`` and ``generator`` (which is then not used). Each request's uniforms and race noise are
+        Triton's Philox keyed by its seed and the token positions of its rows (``positions``: the token position
+        of each request's bonus row, its last; draft ``j`` of ``n`` sits at ``positions - n + j``), drawn inside
+        the Triton kernel (no
         ``[batch, vocab_size]`` noise, no generator) and materialised bit for bit for the other backends: the
         same seed at the same position draws the same numbers in any batch. Keys and guarantees:
         ``ears_vllm/stateless.py``.

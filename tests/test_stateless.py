@@ -33,8 +33,9 @@ def _draw_kernel(seed_ptr, stream_ptr, out_ptr, tl_out_ptr, n, BLOCK: tl.constex
 
 
 def test_torch_copy_is_the_kernels_draw_bit_for_bit():
-    seeds = torch.tensor([0, 1, 42, -1, 2**62 + 12345, -(2**63), 2**31, 987654321987], dtype=torch.int64)
-    streams = torch.tensor([0, 1, 7, 2**30, 2 * 4095 + 1, 3, 2**31 - 1, 123456], dtype=torch.int64)
+    seeds = torch.tensor([0, 1, 42, -1, 2**62 + 12345, -(2**63), 2**63 - 1, 987654321987], dtype=torch.int64)
+    # Streams up to 2**32 - 1 (2 * position + 1 for positions just under 2**31: ``stream << 32`` wraps negative).
+    streams = torch.tensor([0, 1, 7, 2**30, 2 * 4095 + 1, 2**32 - 1, 2**31 + 5, 2**32 - 2], dtype=torch.int64)
     n = 300
     out = torch.empty(len(seeds), n, dtype=torch.float32, device=DEV)
     tl_out = torch.empty_like(out)
@@ -163,3 +164,27 @@ def test_stateless_draws_follow_the_ears_law(alpha):
     counts = torch.bincount(out.output_token_ids[:, 0], minlength=6)
     assert _tv(counts, want) <= 3 * _expected_tv(want, n)
     assert int(counts[5]) == 0  # p = 0: never emitted
+
+
+def test_unseeded_requests_get_the_same_seed_on_every_worker():
+    """vLLM seeds numpy's global state alike in every worker (``set_random_seed``); tensor-parallel ranks each
+    sample, so an unseeded request must get the same seed on each of them: two ``RequestSeeds`` (two ranks) given
+    the same batch updates after the same ``np.random.seed`` hold the same seeds, and a seeded request keeps its
+    own seed (its low 64 bits)."""
+    pytest.importorskip("vllm")
+    import numpy as np
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
+
+    from ears_vllm.vllm_plugin.request_seed import RequestSeeds
+
+    ranks = []
+    for _ in range(2):
+        np.random.seed(0)
+        seeds = RequestSeeds(4, torch.device("cpu"))
+        seeds.update_state(BatchUpdate(3, removed=[], moved=[], added=[
+            (0, SamplingParams(), None, []), (1, SamplingParams(seed=2**64 + 7), None, []),
+            (2, SamplingParams(), None, [])]))
+        ranks.append(seeds.seeds(3).clone())
+    assert torch.equal(ranks[0], ranks[1])
+    assert int(ranks[0][1]) == 7 and int(ranks[0][0]) != int(ranks[0][2])

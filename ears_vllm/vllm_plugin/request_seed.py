@@ -1,7 +1,9 @@
 """Each request's seed for the stateless randomness of the V1 runner on CUDA (``ears_vllm/stateless.py``).
 
-A seeded request keys its draws with ``SamplingParams.seed``; any other request gets a random 63-bit seed when it
-joins the batch, as Model Runner V2 gives one to each request state. With the token positions of the rows (the
+A seeded request keys its draws with ``SamplingParams.seed``; any other request gets a random seed from numpy's
+global state when it joins the batch, as Model Runner V2 gives one to each request state: vLLM seeds that state
+alike in every worker (``set_random_seed``), so the tensor-parallel ranks, which each sample, draw the same seed
+and the same tokens. With the token positions of the rows (the
 runner's own ``positions`` buffer gathered at the step's ``logits_indices``), each draw is a function of (seed,
 position): the kernel draws it, so seeded requests need no generator and no per-request host loop, and a seeded
 request draws the same numbers whatever its batch. A request that leaves the batch and comes back unseeded gets a
@@ -25,7 +27,6 @@ class RequestSeeds(PerRequestState):
         self._np = self._cpu.numpy()
         self._device = self._cpu if device.type == "cpu" else torch.zeros(max_num_reqs, dtype=torch.int64,
                                                                           device=device)
-        self._rng = np.random.default_rng()
         self._size = 0
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
@@ -34,8 +35,8 @@ class RequestSeeds(PerRequestState):
 
         def value_of(params):
             seed = getattr(params, "seed", None)
-            if seed is None:
-                return (int(self._rng.integers(0, 2**63 - 1)),)
+            if seed is None:  # numpy's global state: the same draw on every worker (not a private generator)
+                return (int(np.random.randint(np.iinfo(np.int64).min, np.iinfo(np.int64).max, dtype=np.int64)),)
             return ((int(seed) + 2**63) % 2**64 - 2**63,)  # any int: its low 64 bits, as a signed int64
 
         follow_batch_update(batch_update, (self._np,), (0,), value_of)

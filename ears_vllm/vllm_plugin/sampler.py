@@ -20,7 +20,8 @@ Randomness. On CUDA (EARS rule) it is stateless, as Model Runner V2 draws it: th
 race noise of each request's sampled token from Philox keyed by the request's seed (``RequestSeeds``: its
 ``SamplingParams.seed``, else a random one) and the token position of its rows (the runner's ``positions`` buffer
 at the step's ``logits_indices``; ``ears_vllm/stateless.py``): no ``[batch, vocab]`` noise, no generator, no
-per-request host loop, and a seeded request draws the same numbers in any batch. Elsewhere (CPU, experimental
+per-request host loop, and a seeded request draws the same numbers in any batch (on the processed path vLLM's
+sampler still draws the bonus tokens its own way). Elsewhere (CPU, experimental
 rules) it is drawn as vLLM draws it: float64 uniforms from ``generate_uniform_probs`` (per-request generators for
 seeded requests); one more draw per request for the sampled token, from the request's generator when it is seeded:
 on CPU a ``[vocab]`` Exp(1) row (the exponential race) whenever the batch has a seeded request (a race keeps a
@@ -289,7 +290,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
     def _noise(batch_size, vocab_size, device, generators) -> torch.Tensor:
         """The randomness of each request's sampled token, from its own generator when it is seeded.
 
-        CUDA: one [vocab] Exp(1) row per request (the kernel's exponential race). CPU with seeded requests in the
+        CUDA (experimental rules only: EARS draws in the kernel): one [vocab] Exp(1) row per request (the kernel's
+        exponential race). CPU with seeded requests in the
         batch: the same race, each seeded row ``exponential_noise`` from its own generator, so that the FP rounding
         differences of the target's forward between batch sizes do not change a seeded request's token (an inverse
         CDF did: ``exponential_noise``'s docstring); CPU without: one U(0,1) per request (inverse CDF: unseeded

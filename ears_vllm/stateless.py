@@ -67,12 +67,6 @@ def stateless_rand(seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return u.clamp_(min=RAND_MIN)
 
 
-def first_positions(positions: torch.Tensor, cu_num_draft_tokens: torch.Tensor) -> torch.Tensor:
-    """Each request's first row position ``F = P - n`` from its bonus row position ``P`` and ``n`` drafts."""
-    cu = cu_num_draft_tokens.to(torch.int64)
-    return positions.to(torch.int64) - torch.diff(cu, prepend=cu.new_zeros(1))
-
-
 def stateless_inputs(seeds: torch.Tensor, positions: torch.Tensor, cu_num_draft_tokens: torch.Tensor,
                      vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The draws the kernel makes, materialised: ``uniform_probs`` ``[num_tokens]`` float64 and the race noise

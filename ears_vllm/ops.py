@@ -188,9 +188,8 @@ def ears_rejection_sample(
         ``recovery_noise`` and ``generator`` (which is then not used). Each request's uniforms and race noise are
         Triton's Philox keyed by its seed and the token positions of its rows (``positions``: the token position
         of each request's bonus row, its last; draft ``j`` of ``n`` sits at ``positions - n + j``), drawn inside
-        the Triton kernel (no
-        ``[batch, vocab_size]`` noise, no generator) and materialised bit for bit for the other backends: the
-        same seed at the same position draws the same numbers in any batch. Keys and guarantees:
+        the Triton kernel (no ``[batch, vocab_size]`` noise, no generator) and materialised bit for bit for the
+        other backends: the same seed at the same position draws the same numbers in any batch. Keys and guarantees:
         ``ears_vllm/stateless.py``.
     request_stats : bool
         Also return the per-request sums a caller's counters need (``EarsOutput.request_stats``), written by the
@@ -255,29 +254,25 @@ def ears_rejection_sample(
     device = target_logits.device
     if backend == "auto":
         backend = "triton" if target_logits.is_cuda else "torch"
-    if seeds is not None:
-        if backend == "triton":  # drawn in the kernel
-            inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature,
-                                alpha, max_spec_len, draft_probs, None, None, tv_budget, seeds, positions)
-            from .kernels.ears_verify import ears_rejection_sample_triton
-
-            return EarsOutput(*ears_rejection_sample_triton(inputs, with_stats=request_stats))
+    if seeds is not None and backend != "triton":  # the kernel draws them itself; the others get them here
         from .stateless import stateless_inputs
 
         uniform_probs, recovery_noise = stateless_inputs(seeds, positions, cu_num_draft_tokens, vocab_size)
-    if uniform_probs is None:
-        uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
+        seeds = positions = None
     batch = cu_num_draft_tokens.numel()
-    if recovery_noise is None:
-        if backend == "triton":
-            recovery_noise = torch.empty(batch, vocab_size, dtype=torch.float32, device=device)
-            recovery_noise.exponential_(generator=generator)
-        else:
-            recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
-    elif backend == "triton" and recovery_noise.dim() != 2:
-        _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
+    if seeds is None:  # the randomness not passed in is drawn here
+        if uniform_probs is None:
+            uniform_probs = torch.rand(num_tokens, dtype=torch.float64, device=device, generator=generator)
+        if recovery_noise is None:
+            if backend == "triton":
+                recovery_noise = torch.empty(batch, vocab_size, dtype=torch.float32, device=device)
+                recovery_noise.exponential_(generator=generator)
+            else:
+                recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
+        elif backend == "triton" and recovery_noise.dim() != 2:
+            _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
     inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-                        max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget)
+                        max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions)
     if backend == "triton":
         from .kernels.ears_verify import ears_rejection_sample_triton
 

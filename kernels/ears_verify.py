@@ -58,6 +58,14 @@ def _stateless_rand(seed, stream, offs):
 
 
 @triton.jit
+def _race_noise(noise_row_ptr, offs, mask, seed, stream, STATELESS: tl.constexpr):
+    # Exp(1) race noise of a request's sampled token: the caller's row, or drawn here (greedy rows need none).
+    if STATELESS:
+        return -tl.log(_stateless_rand(seed, stream, offs))
+    return tl.load(noise_row_ptr + offs, mask=mask, other=1.0)
+
+
+@triton.jit
 def _running_argmax(score, off, best, best_idx):
     # Strictly greater: on ties the earliest block wins, like torch.argmax (and tie_break_left inside the block).
     block_best = tl.max(score, axis=0)
@@ -308,11 +316,8 @@ def _ears_verify_kernel(
             offs = off + tl.arange(0, BLOCK_SIZE)
             mask = offs < hi
             s = _scaled_logits(row_ptr, offs, mask, temp)
-            if STATELESS:
-                noise = -tl.log(_stateless_rand(seed, 2 * first_pos + 1, offs))
-            else:
-                noise = tl.load(noise_ptr + req * noise_stride + offs, mask=mask, other=1.0)
             if sample_residual:
+                noise = _race_noise(noise_ptr + req * noise_stride, offs, mask, seed, 2 * first_pos + 1, STATELESS)
                 p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
                 p = tl.where(mask, p, 0.0)
                 if HAS_DRAFT_PROBS:
@@ -325,6 +330,7 @@ def _ears_verify_kernel(
             elif is_greedy:
                 best, best_idx = _running_argmax(s, off, best, best_idx)
             else:
+                noise = _race_noise(noise_ptr + req * noise_stride, offs, mask, seed, 2 * first_pos + 1, STATELESS)
                 best, best_idx = _running_argmax(s - tl.log(noise), off, best, best_idx)
                 # A bonus row with no finite logit is uniform: the race over the noise alone.
                 best_p, best_p_idx = _running_argmax(tl.where(mask, -tl.log(noise), float("-inf")), off,

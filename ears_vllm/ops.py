@@ -31,7 +31,8 @@ def _check_tensor(name, t, ndim, *, integer=None, floating=None, shape=None, dev
 
 
 def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-              max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget=None, seeds=None, positions=None):
+              max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget=None, seeds=None, positions=None,
+              top_k=None, top_p=None):
     _check_tensor("target_logits", target_logits, 2, floating=True)
     num_rows, vocab_size = target_logits.shape
     dev = target_logits.device
@@ -86,6 +87,14 @@ def _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_i
         _check_tensor("tv_budget", tv_budget, 1, floating=True, shape=(batch,), device=dev)
         if bool(torch.isnan(tv_budget).any()) or bool((tv_budget < 0).any()):
             _fail("tv_budget", "must be >= 0 and not NaN (inf: no budget)")
+    if top_k is not None:
+        _check_tensor("top_k", top_k, 1, integer=True, shape=(batch,), device=dev)
+        if batch and int(top_k.min()) < 1:
+            _fail("top_k", f"must be >= 1 (>= vocab_size: no top-k), got {int(top_k.min())}")
+    if top_p is not None:
+        _check_tensor("top_p", top_p, 1, floating=True, shape=(batch,), device=dev)
+        if batch and not bool(((top_p > 0) & (top_p <= 1)).all()):
+            _fail("top_p", "must lie in (0, 1] (1: no top-p)")
     if (seeds is None) != (positions is None):
         _fail("seeds" if seeds is None else "positions", "must be given with `positions` / `seeds` (stateless "
                                                           "randomness needs both)")
@@ -120,6 +129,8 @@ def ears_rejection_sample(
     seeds: Optional[torch.Tensor] = None,
     positions: Optional[torch.Tensor] = None,
     request_stats: bool = False,
+    top_k: Optional[torch.Tensor] = None,
+    top_p: Optional[torch.Tensor] = None,
 ) -> EarsOutput:
     r"""Verify a ragged batch of draft tokens with EARS (uncertainty-adaptive rejection sampling).
 
@@ -194,6 +205,13 @@ def ears_rejection_sample(
     request_stats : bool
         Also return the per-request sums a caller's counters need (``EarsOutput.request_stats``), written by the
         Triton kernel in the step (no extra launches), computed from the outputs by the other backends.
+    top_k, top_p : torch.Tensor, optional
+        Shape: ``[batch]``; integer ``>= 1`` (``>= vocab_size``: none) and float in ``(0, 1]`` (1: none). Each
+        random request's rows (drafts and, with ``bonus_token_ids`` None, its bonus row) are truncated to vLLM's
+        top-k / top-p set of ``softmax(logits / temperature)``: the ``k`` largest, then the fewest largest of those
+        whose probability reaches ``p``, ties at either boundary kept in index order (``ears_vllm/top_k_top_p.py``).
+        The Triton backend finds each row's threshold without a sort and applies it while it reads the logits (no
+        masked copy); the others mask a copy. Greedy requests are not affected (their argmax is always kept).
 
     Returns
     -------
@@ -249,7 +267,7 @@ def ears_rejection_sample(
         _fail("backend", f"must be one of {_BACKENDS}, got {backend!r}")
     if validate:
         _validate(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
-                  max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions)
+                  max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions, top_k, top_p)
     num_tokens, vocab_size = draft_token_ids.numel(), target_logits.shape[1]
     device = target_logits.device
     if backend == "auto":
@@ -271,12 +289,18 @@ def ears_rejection_sample(
                 recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
         elif backend == "triton" and recovery_noise.dim() != 2:
             _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
+    if backend != "triton" and (top_k is not None or top_p is not None):  # the kernel truncates as it reads
+        from .top_k_top_p import truncate_logits
+
+        target_logits = truncate_logits(target_logits, cu_num_draft_tokens, temperature, top_k, top_p,
+                                        packed=bonus_token_ids is None)
     inputs = EarsInputs(draft_token_ids, cu_num_draft_tokens, target_logits, bonus_token_ids, temperature, alpha,
                         max_spec_len, draft_probs, uniform_probs, recovery_noise, tv_budget, seeds, positions)
     if backend == "triton":
         from .kernels.ears_verify import ears_rejection_sample_triton
 
-        return EarsOutput(*ears_rejection_sample_triton(inputs, with_stats=request_stats))
+        return EarsOutput(*ears_rejection_sample_triton(inputs, with_stats=request_stats, top_k=top_k,
+                                                        top_p=top_p))
     if backend == "torch":
         from .cpu import ears_rejection_sample_torch
 

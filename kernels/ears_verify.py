@@ -51,6 +51,15 @@ def _scaled_logits(row_ptr, offs, mask, temp):
 
 
 @triton.jit
+def _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, row, HAS_TRUNC: tl.constexpr):
+    # Top-k / top-p (top_k_top_p.py): a token is kept iff s > thr, or s == thr and its index <= last.
+    if HAS_TRUNC:
+        thr = tl.load(trunc_thr_ptr + row)
+        s = tl.where((s > thr) | ((s == thr) & (offs <= tl.load(trunc_last_ptr + row))), s, float("-inf"))
+    return s
+
+
+@triton.jit
 def _stateless_rand(seed, stream, offs):
     # Philox keyed by the request's seed at offset (stream << 32) + offs, never 0: ears_vllm/stateless.py has the
     # keys and the torch copy of this draw.
@@ -102,9 +111,12 @@ def _ears_row_stats_kernel(
     split_best_ptr,  # [num_tokens, NUM_SPLITS] float32 out
     split_argmax_ptr,  # [num_tokens, NUM_SPLITS] int32 out
     counter_ptr,  # [batch] int32 out: zeroed here for the verify kernel
+    trunc_thr_ptr,  # [rows] float32 (read when HAS_TRUNC): top-k / top-p thresholds per logits row
+    trunc_last_ptr,  # [rows] int32 (read when HAS_TRUNC)
     vocab_size,
     split_size,
     PACKED: tl.constexpr,  # logits hold each request's draft rows, then its bonus row
+    HAS_TRUNC: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -118,7 +130,8 @@ def _ears_row_stats_kernel(
         row = (start + pos).to(tl.int64)
         temp = tl.load(temperature_ptr + req).to(tl.float32)
         temp = tl.where(temp < GREEDY_TEMPERATURE_EPS, 1.0, temp)
-        row_ptr = logits_ptr + (row + req * PACKED) * logits_stride
+        logits_row = row + req * PACKED
+        row_ptr = logits_ptr + logits_row * logits_stride
         lo = split * split_size
         hi = tl.minimum(lo + split_size, vocab_size)
         # The running max starts finite so that an all -inf split gives sum 0, not NaN.
@@ -129,6 +142,7 @@ def _ears_row_stats_kernel(
         for off in range(lo, hi, BLOCK_SIZE):
             offs = off + tl.arange(0, BLOCK_SIZE)
             s = _scaled_logits(row_ptr, offs, offs < hi, temp)
+            s = _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, logits_row, HAS_TRUNC)
             new_m = tl.maximum(m, tl.max(s, axis=0))
             z = z * tl.exp(m - new_m) + tl.sum(tl.exp(s - new_m), axis=0)
             m = new_m
@@ -174,6 +188,8 @@ def _ears_verify_kernel(
     part_best_p_ptr,  # [batch, REC_SPLITS] float32 scratch
     part_idx_p_ptr,  # [batch, REC_SPLITS] int32 scratch
     counter_ptr,  # [batch] int32, zeroed by the stats kernel
+    trunc_thr_ptr,  # [rows] float32 (read when HAS_TRUNC)
+    trunc_last_ptr,  # [rows] int32 (read when HAS_TRUNC)
     vocab_size,
     max_spec_len,
     rec_split_size,
@@ -182,6 +198,7 @@ def _ears_verify_kernel(
     HAS_BUDGET: tl.constexpr,
     PACKED: tl.constexpr,
     STATELESS: tl.constexpr,  # randomness drawn here from (seed, position) instead of uniform_probs / noise
+    HAS_TRUNC: tl.constexpr,  # top-k / top-p thresholds per logits row
     HAS_STATS: tl.constexpr,
     STAT_SPLITS: tl.constexpr,
     REC_SPLITS: tl.constexpr,
@@ -235,6 +252,7 @@ def _ears_verify_kernel(
         x = tl.load(draft_token_ids_ptr + row).to(tl.int64)
         has_x = x >= 0  # a -1 placeholder is never read and never accepted
         s_x = _scaled_logits(logits_ptr + (row0 + pos) * logits_stride, x, has_x, temp)
+        s_x = _truncated(s_x, x, trunc_thr_ptr, trunc_last_ptr, row0 + pos, HAS_TRUNC)
         valid = z > 0  # False only for a row with no finite logit: treated as uniform
         p_x = tl.where(valid, tl.exp(s_x - m) / z, tl.where(has_x, inv_v, 0.0))
         max_p = tl.where(valid, 1.0 / z, inv_v)
@@ -316,6 +334,7 @@ def _ears_verify_kernel(
             offs = off + tl.arange(0, BLOCK_SIZE)
             mask = offs < hi
             s = _scaled_logits(row_ptr, offs, mask, temp)
+            s = _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, row0 + num_accepted, HAS_TRUNC)
             if sample_residual:
                 noise = _race_noise(noise_ptr + req * noise_stride, offs, mask, seed, 2 * first_pos + 1, STATELESS)
                 p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)
@@ -359,9 +378,12 @@ def _num_sms(device) -> int:
     return 1
 
 
-def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int = None, with_stats: bool = False):
+def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int = None, with_stats: bool = False,
+                                 top_k=None, top_p=None):
     """Host launcher; inputs are assumed validated (see ``ears_vllm.ops``). Returns the EarsOutput tensors
-    (``request_stats`` None unless ``with_stats``).
+    (``request_stats`` None unless ``with_stats``). ``top_k`` / ``top_p`` ``[batch]`` (or None): each request's
+    rows are truncated to vLLM's kept set (``top_k_top_p.py``: a third launch finds the thresholds; the two
+    verification kernels apply them as they read the rows).
 
     ``num_splits`` (a power of two) splits every row's vocabulary over that many programs in both passes; by
     default it is chosen so that each pass has a few programs per SM (1 under the interpreter).
@@ -417,11 +439,20 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
     num_accepted, num_tolerance, counter, split_argmax, part_idx, part_idx_p = ws_i.split(i_sizes)
     uncertainty, tv_cost = uncertainty[:num_tokens], tv_cost[:num_tokens]
 
+    truncate = top_k is not None or top_p is not None
+    trunc_thr = trunc_last = cu  # not read without truncation
+    if truncate:
+        from .top_k_top_p import top_k_top_p_thresholds
+
+        trunc_thr, trunc_last = top_k_top_p_thresholds(
+            target_logits, cu, temperature, top_k, top_p, max_spec_len, packed,
+            block_size=block_size if interpret else min(block_size, 1024), num_warps=4)
     if num_tokens > 0 and max_spec_len > 0:
         _ears_row_stats_kernel[(batch, max_spec_len, stat_splits)](
             target_logits, target_logits.stride(0), cu, temperature,
-            split_max, split_sum, split_best, split_argmax, counter, vocab_size, split_size(stat_splits),
-            PACKED=packed, NUM_SPLITS=stat_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
+            split_max, split_sum, split_best, split_argmax, counter, trunc_thr, trunc_last, vocab_size,
+            split_size(stat_splits), PACKED=packed, HAS_TRUNC=truncate, NUM_SPLITS=stat_splits,
+            BLOCK_SIZE=block_size, num_warps=num_warps,
         )
     else:  # nothing to verify: one program per request writes (or samples) the bonus token
         rec_splits = 1
@@ -434,9 +465,10 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
         split_max, split_sum, split_best, split_argmax, target_logits, target_logits.stride(0),
         probs_arg, probs_stride, recovery_noise, recovery_noise.stride(0),
         seeds if stateless else cu, positions if stateless else cu,
-        part_best, part_idx, part_best_p, part_idx_p, counter, vocab_size, max_spec_len, split_size(rec_splits),
-        HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha, HAS_BUDGET=tv_budget is not None,
-        PACKED=packed, STATELESS=stateless, HAS_STATS=with_stats, STAT_SPLITS=stat_splits,
-        REC_SPLITS=rec_splits, BLOCK_SIZE=block_size, num_warps=num_warps,
+        part_best, part_idx, part_best_p, part_idx_p, counter, trunc_thr, trunc_last, vocab_size, max_spec_len,
+        split_size(rec_splits), HAS_DRAFT_PROBS=draft_probs is not None, SCALAR_ALPHA=scalar_alpha,
+        HAS_BUDGET=tv_budget is not None, PACKED=packed, STATELESS=stateless, HAS_TRUNC=truncate,
+        HAS_STATS=with_stats, STAT_SPLITS=stat_splits, REC_SPLITS=rec_splits, BLOCK_SIZE=block_size,
+        num_warps=num_warps,
     )
     return output, uncertainty, num_accepted, num_tolerance, tv_cost, stats

@@ -55,7 +55,7 @@ from .peers import fly_deferrals, fly_entropy, typical_scale
 from .request_alpha import PerRequestState, RequestAlphas
 from .request_budget import RequestBudgets
 from .request_seed import RequestSeeds
-from .top_k_top_p import apply_top_k_top_p_cpu
+from .top_k_top_p import apply_top_k_top_p_cpu, fused_top_k_top_p_usable
 
 logger = init_logger("vllm.ears_vllm")
 
@@ -81,6 +81,10 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         self.token_positions = token_positions
         self.stateless = (seeds is not None and token_positions is not None and torch.device(device).type == "cuda"
                           and self.rule == "ears")
+        # Top-k / top-p on CUDA found by the EARS kernel on the raw logits (no float32 copy, no sort), unless
+        # EARS_VLLM_TOP_K_TOP_P=vllm or the start-up check below fails: then vLLM's kernel on a scaled copy.
+        self.fused_top_k_top_p = (torch.device(device).type == "cuda" and self.rule == "ears"
+                                  and fused_top_k_top_p_usable(torch.device(device)))
         # Counters are recorded only while the runner samples real requests (not in warm-up / profiling runs).
         self.recording = False
         self._pending: list[tuple[torch.Tensor, object]] = []
@@ -120,11 +124,14 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
         if sm.max_num_logprobs is not None:  # vLLM's logprobs are those of the raw logits
             raw_target_logits = logits[metadata.target_logits_indices].to(torch.float32)
             raw_bonus_logits = logits[metadata.bonus_logits_indices].to(torch.float32)
+        top_k = top_p = None
         if sm.all_greedy:
             temperature = torch.zeros(batch_size, dtype=torch.float32, device=device)
         else:
             temperature = sm.temperature
-            if sm.top_k is not None or sm.top_p is not None:
+            if (sm.top_k is not None or sm.top_p is not None) and self.fused_top_k_top_p:
+                top_k, top_p = sm.top_k, sm.top_p  # per request: the kernel truncates the rows as it reads them
+            elif sm.top_k is not None or sm.top_p is not None:
                 # Per logits row (each request's drafts and its bonus row), with vLLM's own expansion.
                 num_rows, cu = logits.shape[0], metadata.cu_num_sampled_tokens
                 k = None if sm.top_k is None else expand_batch_to_tokens(sm.top_k, cu, num_rows)
@@ -137,7 +144,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
                     temperature = (temperature >= GREEDY_TEMPERATURE_EPS).to(torch.float32)  # scaled: 1 or greedy
                 else:  # masks the raw logits in place; the division stays fused
                     apply_top_k_top_p_cpu(logits, k, p, scale)
-        out = self._verify(metadata, draft_probs, logits, None, temperature, sm)
+        out = self._verify(metadata, draft_probs, logits, None, temperature, sm, top_k, top_p)
         logprobs_tensors = None
         if sm.max_num_logprobs is not None:
             logprobs_tensors = self._get_logprobs_tensors(sm.max_num_logprobs, metadata, logits, raw_target_logits,
@@ -175,7 +182,8 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
                 bonus_sampler_output.logprobs_tensors.logprobs, out)
         return SamplerOutput(sampled_token_ids=out, logprobs_tensors=logprobs_tensors)
 
-    def _verify(self, metadata, draft_probs, logits, bonus_token_ids, temperature, sm) -> torch.Tensor:
+    def _verify(self, metadata, draft_probs, logits, bonus_token_ids, temperature, sm, top_k=None,
+                top_p=None) -> torch.Tensor:
         num_tokens = metadata.draft_token_ids.shape[0]
         batch_size = len(metadata.num_draft_tokens)
         device = logits.device
@@ -209,7 +217,7 @@ class EarsRejectionSampler(vllm_rs.RejectionSampler):
             metadata.draft_token_ids, metadata.cu_num_draft_tokens, logits, bonus_token_ids, temperature, alpha,
             metadata.max_spec_len, draft_probs=draft_probs, uniform_probs=uniform_probs, recovery_noise=noise,
             validate=False, tv_budget=remaining, seeds=seeds, positions=positions,
-            request_stats=wants_stats and rule is None,
+            request_stats=wants_stats and rule is None, top_k=top_k, top_p=top_p,
         )
         if rule is not None:
             out = self._rule_counters(out, rule)

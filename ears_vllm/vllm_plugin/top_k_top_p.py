@@ -1,4 +1,12 @@
-"""Top-k / top-p masks on CPU without sorting the vocabulary: vLLM's semantics, a partial sort's cost.
+"""Top-k / top-p in the V1 sampler's fused path: which implementation runs, and the CPU one.
+
+On CUDA (EARS rule) the EARS kernel truncates the rows itself (``kernels/top_k_top_p.py``: thresholds found on the
+raw logits without a sort, applied while the rows are read; no float32 copy). ``EARS_VLLM_TOP_K_TOP_P=vllm`` turns
+that off (vLLM's own kernel on a float32 copy divided by the temperature, as vLLM's sampler does); so does a failed
+start-up check (``fused_top_k_top_p_usable``: the kernels compile on the device and agree with the definition on a
+small awkward batch), with a warning.
+
+On CPU, masks without sorting the vocabulary: vLLM's semantics, a partial sort's cost.
 
 vLLM's ``apply_top_k_top_p`` has no CPU kernel: with a top-p it sorts every row of the vocabulary
 (``apply_top_k_top_p_pytorch``), which at B=32, K=4, V=32000 is ~95% of a speculative step on this project's CPU.
@@ -16,10 +24,73 @@ Triton kernel is used instead (it does not sort either).
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+
 import torch
+
+from .config import EarsConfigError
+
+logger = logging.getLogger("vllm.ears_vllm")
+TOP_K_TOP_P_ENV = "EARS_VLLM_TOP_K_TOP_P"
 
 FIRST_CANDIDATES = 64
 GROWTH = 8
+
+
+def top_k_top_p_choice() -> str:
+    """``EARS_VLLM_TOP_K_TOP_P``: ``fused`` (default: the EARS kernel truncates on CUDA) or ``vllm``."""
+    value = os.environ.get(TOP_K_TOP_P_ENV, "fused").strip()
+    if value not in ("fused", "vllm"):
+        raise EarsConfigError(f"{TOP_K_TOP_P_ENV}={value!r} is not allowed: use fused (the default: the EARS kernel "
+                              "applies top-k / top-p on CUDA) or vllm (vLLM's own top-k / top-p kernel)")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def fused_top_k_top_p_usable(device: torch.device) -> bool:
+    """Whether the V1 sampler lets the EARS kernel apply top-k / top-p on ``device``: CUDA, not turned off, and
+    the start-up check passed (the kernels compile there and give the tokens of the reference backend, which
+    masks with the definition, on a small batch with ties at both boundaries, -inf rows and a wide tie)."""
+    return device.type == "cuda" and top_k_top_p_choice() == "fused" and passes_start_up_check(device)
+
+
+def passes_start_up_check(device: torch.device) -> bool:
+    """Run ``start_up_check`` on ``device``; a failure (or an exception: a compile error, a launch failure) is
+    logged as a warning and gives False, so that vLLM's own path keeps the server serving."""
+    try:
+        problem = start_up_check(device)
+    except Exception as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem:
+        logger.warning("EARS: the fused top-k / top-p kernel failed its start-up check on %s (%s); vLLM's own "
+                       "top-k / top-p kernel is used instead", device, problem)
+        return False
+    return True
+
+
+def start_up_check(device: torch.device) -> str | None:
+    """The Triton backend with top-k / top-p on ``device`` against the reference backend (which masks a copy by
+    the definition) on a small awkward batch: None if the tokens agree, else what differed."""
+    from ears_vllm import ears_rejection_sample
+
+    g = torch.Generator().manual_seed(0)
+    batch, k, vocab = 4, 3, 3000
+    logits = torch.round(torch.randn(batch * (k + 1), vocab, generator=g) * 4) / 2  # many ties
+    logits[0:4, 1500:] = float("-inf")  # request 0: 1500 finite tokens, top-k 2000
+    logits[4:8, :1200] = 9.0  # request 1: a tie wider than the kernel's buffer at the top
+    args = dict(draft_token_ids=torch.randint(0, vocab, (batch * k,), generator=g),
+                cu_num_draft_tokens=torch.arange(1, batch + 1) * k, target_logits=logits, bonus_token_ids=None,
+                temperature=torch.tensor([0.7, 1.0, 0.0, 1.3]), alpha=0.3, max_spec_len=k,
+                seeds=torch.arange(batch) + 7, positions=torch.full((batch,), 40),
+                top_k=torch.tensor([2000, 5, 3, vocab]), top_p=torch.tensor([0.9, 0.5, 1.0, 0.3]))
+    ref = ears_rejection_sample(**args, backend="reference")
+    got = ears_rejection_sample(**{n: a.to(device) if isinstance(a, torch.Tensor) else a for n, a in args.items()},
+                                backend="triton", validate=False)
+    if not torch.equal(got.output_token_ids.cpu(), ref.output_token_ids):
+        return f"tokens {got.output_token_ids.tolist()} != reference {ref.output_token_ids.tolist()}"
+    return None
 
 
 def apply_top_k_top_p_cpu(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None,

@@ -642,3 +642,89 @@ def test_scheduler_adds_ears_counters_only_to_vllm_spec_stats(vllm_parts):
     none = stats_of(None)
     Scheduler().update_from_output({0: none}, runner_output)
     assert none.scheduler_stats.spec_decoding_stats is None
+
+
+def test_fused_truncation_hands_each_request_its_top_k_top_p(vllm_parts):
+    """The CUDA path's top-k / top-p (forced on here, with its stateless randomness): the sampler hands each
+    request's ``top_k`` / ``top_p`` and real temperature to ``ears_rejection_sample`` with the raw logits, which it
+    does not modify (no masked or divided copy); on CPU the torch backend truncates by the same definition as the
+    kernel. So the step equals ``ears_rejection_sample`` with those arguments, and every emitted token of a random
+    request lies in its row's kept set."""
+    from ears_vllm import ears_rejection_sample
+    from ears_vllm.top_k_top_p import truncate_logits
+    from ears_vllm.vllm_plugin import EarsSettings
+    from ears_vllm.vllm_plugin.request_seed import RequestSeeds
+    from ears_vllm.vllm_plugin.sampler import EarsRejectionSampler
+
+    _, Sampler = vllm_parts
+    seeds = RequestSeeds(8, torch.device("cpu"))
+    ears = EarsRejectionSampler(Sampler(), None, torch.device("cpu"), EarsSettings("ears", 0.3), None, None, seeds,
+                                torch.arange(64, dtype=torch.int64) + 100)
+    assert not ears.fused_top_k_top_p  # CUDA only
+    ears.stateless = ears.fused_top_k_top_p = True
+    torch.manual_seed(3)
+    for trial in range(20):
+        step = random_step(trial)
+        step["logits"] = torch.round(step["logits"] * 2) / 2  # ties at the boundaries
+        step["top_k"] = torch.randint(1, VOCAB + 1, (4,)).tolist()
+        step["top_p"] = (torch.rand(4) * 0.6 + 0.3).tolist() if trial % 2 else None
+        step["logprobs"] = None
+        meta = spec_metadata(step["num_draft"], step["draft"])
+        sm = sampling_metadata(step["temps"], step["top_k"], step["top_p"])
+        logits = step["logits"].clone()
+        out = ears(meta, step["draft_probs"], logits, sm).sampled_token_ids
+        assert torch.equal(logits, step["logits"])
+        if sm.all_greedy:
+            continue
+        top_k = torch.tensor(step["top_k"])
+        top_p = None if step["top_p"] is None else torch.tensor(step["top_p"])
+        positions = ears.token_positions[meta.logits_indices[meta.bonus_logits_indices]]
+        want = ears_rejection_sample(meta.draft_token_ids, meta.cu_num_draft_tokens, step["logits"], None,
+                                     sm.temperature, 0.3, meta.max_spec_len, draft_probs=step["draft_probs"],
+                                     seeds=seeds.seeds(4), positions=positions, top_k=top_k, top_p=top_p)
+        assert torch.equal(out, want.output_token_ids), (trial, out, want.output_token_ids)
+        kept = truncate_logits(step["logits"], meta.cu_num_draft_tokens, sm.temperature, top_k, top_p, packed=True)
+        start = 0
+        for r, n in enumerate(step["num_draft"]):
+            for j, token in enumerate(out[r].tolist()):
+                if token >= 0 and step["temps"][r] > 0:
+                    assert kept[start + j, token] > float("-inf"), (trial, r, j, token)
+            start += n + 1
+
+
+def test_start_up_check_of_the_fused_top_k_top_p(vllm_parts, monkeypatch, caplog):
+    """The check that lets the V1 sampler use the kernel's top-k / top-p (run on CPU under the interpreter here;
+    on CUDA at the sampler's construction): it passes with the kernel as it is, and a kernel that fails or errs
+    turns the fused path off with one warning instead of failing the server."""
+    import logging
+
+    from ears_vllm.vllm_plugin import top_k_top_p as plugin_tkp
+
+    assert plugin_tkp.start_up_check(torch.device("cpu")) is None
+    monkeypatch.setattr(plugin_tkp, "start_up_check", lambda device: "tokens differ")
+    with caplog.at_level(logging.WARNING, logger="vllm.ears_vllm"):
+        assert not plugin_tkp.passes_start_up_check(torch.device("cpu"))
+
+    def broken(device):
+        raise RuntimeError("PTX compile failed")
+
+    monkeypatch.setattr(plugin_tkp, "start_up_check", broken)
+    with caplog.at_level(logging.WARNING, logger="vllm.ears_vllm"):
+        assert not plugin_tkp.passes_start_up_check(torch.device("cpu"))
+    warnings = [r.getMessage() for r in caplog.records if "start-up check" in r.getMessage()]
+    assert len(warnings) == 2 and "tokens differ" in warnings[0] and "PTX compile failed" in warnings[1]
+
+
+@pytest.mark.parametrize("value,ok", [(None, "fused"), ("vllm", "vllm"), ("fused", "fused"), ("sorted", None)])
+def test_top_k_top_p_switch(monkeypatch, value, ok):
+    from ears_vllm.vllm_plugin import EarsConfigError
+    from ears_vllm.vllm_plugin.top_k_top_p import TOP_K_TOP_P_ENV, top_k_top_p_choice
+
+    monkeypatch.delenv(TOP_K_TOP_P_ENV, raising=False)
+    if value is not None:
+        monkeypatch.setenv(TOP_K_TOP_P_ENV, value)
+    if ok is None:
+        with pytest.raises(EarsConfigError, match=r"^EARS_VLLM_TOP_K_TOP_P='sorted' is not allowed: use fused"):
+            top_k_top_p_choice()
+    else:
+        assert top_k_top_p_choice() == ok

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from ..config import EarsConfigError
+from ..top_k_top_p import top_k_top_p_choice
 from ._patch import log_once, when_imported
 
 FIXES_ENV = "EARS_VLLM_FIXES"
@@ -53,6 +54,7 @@ def install() -> None:
 
     try:
         fixes = fixes_enabled()
+        top_k_top_p_choice()
     except EarsConfigError:
         engine_args._install_one_line_excepthook()  # the CLI prints "Error: ..." rather than a traceback
         raise

@@ -84,14 +84,16 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             USE_MASS: tl.constexpr, BUF: tl.constexpr, NB: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     # In rank order (s descending, index ascending) over the searched set: the first token at which the running
     # weight (1 per token, or exp(s - m) with USE_MASS) reaches `target`. Returns its s, its index, and the mass
-    # exp(s - m) of it and of every token ranked before it.
+    # exp(s - m) of it and of every token ranked before it, and the number of passes over the row it took.
     lo = tl.zeros((), dtype=tl.int64)
     hi = u_max
     above_w = 0.0  # weight of the searched tokens ranked before the range [lo, hi]
     above_mass = 0.0
     n_in = n_cand
+    passes = 1
     bins = tl.arange(0, NB)
     while (n_in > BUF) & (lo < hi):
+        passes += 1
         width = (hi - lo) // NB + 1
         cnt = tl.zeros([NB], dtype=tl.int32)
         mass = tl.zeros([NB], dtype=tl.float32)
@@ -153,7 +155,8 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             count += tl.sum(cand.to(tl.int32), axis=0)
         thr = tie
         kept_mass = above_mass + need.to(tl.float32) * each
-    return thr, last, kept_mass
+        passes += 1
+    return thr, last, kept_mass, passes
 
 
 @triton.jit
@@ -167,6 +170,7 @@ def _top_k_top_p_kernel(
     thr_ptr,  # [rows] float32 out: scaled logit of the last kept token (-inf: keep every token)
     last_ptr,  # [rows] int32 out: index of the last kept token (vocab_size: keep every token)
     buf_ptr,  # [rows, BUF] int32 scratch
+    passes_ptr,  # [rows] int32 out (written when COUNT_PASSES): full passes over the row (benchmarks)
     vocab_size,
     PACKED: tl.constexpr,
     HAS_TOP_K: tl.constexpr,
@@ -174,6 +178,7 @@ def _top_k_top_p_kernel(
     BUF: tl.constexpr,
     NB: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    COUNT_PASSES: tl.constexpr,
 ):
     req = tl.program_id(0)
     pos = tl.program_id(1)
@@ -190,8 +195,10 @@ def _top_k_top_p_kernel(
             p = tl.load(top_p_ptr + req).to(tl.float32)
         thr = float("-inf")
         last = vocab_size
+        passes = 0
         # Greedy rows keep everything: top-k / top-p never drop the first maximum, which is all they take.
         if (temp >= GREEDY_TEMPERATURE_EPS) & ((k < vocab_size) | (p < 1.0)):
+            passes = 1
             m = -FLOAT32_MAX
             z = 0.0
             low = float("inf")
@@ -215,22 +222,27 @@ def _top_k_top_p_kernel(
                 kept = n_finite
                 kept_mass = z
                 if k < n_finite:  # top-k: the k-th token in rank order
-                    thr, last, kept_mass = _select(row_ptr, buf, temp, vocab_size, m, key_m, n_finite, u_low,
-                                                   k.to(tl.float32), lim_u, lim_idx, False, BUF, NB, BLOCK_SIZE)
+                    thr, last, kept_mass, n = _select(row_ptr, buf, temp, vocab_size, m, key_m, n_finite, u_low,
+                                                      k.to(tl.float32), lim_u, lim_idx, False, BUF, NB, BLOCK_SIZE)
+                    passes += n
                     lim_u = key_m - _order_key(thr + 0.0)
                     lim_idx = last
                     kept = k
                 if p < 1.0:  # top-p over what top-k kept
-                    thr, last, _ = _select(row_ptr, buf, temp, vocab_size, m, key_m, kept, lim_u, p * kept_mass,
-                                           lim_u, lim_idx, True, BUF, NB, BLOCK_SIZE)
+                    thr, last, _, n = _select(row_ptr, buf, temp, vocab_size, m, key_m, kept, lim_u, p * kept_mass,
+                                              lim_u, lim_idx, True, BUF, NB, BLOCK_SIZE)
+                    passes += n
         tl.store(thr_ptr + row, thr)
         tl.store(last_ptr + row, last)
+        if COUNT_PASSES:
+            tl.store(passes_ptr + row, passes)
 
 
 def top_k_top_p_thresholds(logits, cu_num_draft_tokens, temperature, top_k, top_p, max_spec_len: int, packed: bool,
-                           block_size: int, num_warps: int):
+                           block_size: int, num_warps: int, passes=None):
     """``(thr, last)`` ``[rows]`` for every row of ``logits`` (see the module docstring); ``top_k`` / ``top_p``
-    ``[batch]`` or None. Rows of greedy requests, and rows without top-k / top-p, keep every token."""
+    ``[batch]`` or None. Rows of greedy requests, and rows without top-k / top-p, keep every token. ``passes``
+    (``[rows]`` int32, optional) receives how many times each row was read (0 for a row left whole)."""
     import torch
 
     rows, vocab_size = logits.shape
@@ -242,7 +254,8 @@ def top_k_top_p_thresholds(logits, cu_num_draft_tokens, temperature, top_k, top_
         _top_k_top_p_kernel[(batch, max_spec_len + int(packed))](
             logits, logits.stride(0), cu_num_draft_tokens, temperature,
             top_k if top_k is not None else cu_num_draft_tokens, top_p if top_p is not None else temperature,
-            thr, last, buf, vocab_size, PACKED=packed, HAS_TOP_K=top_k is not None, HAS_TOP_P=top_p is not None,
-            BUF=BUFFER_SIZE, NB=NUM_BINS, BLOCK_SIZE=block_size, num_warps=num_warps,
+            thr, last, buf, thr if passes is None else passes, vocab_size, PACKED=packed,
+            HAS_TOP_K=top_k is not None, HAS_TOP_P=top_p is not None, BUF=BUFFER_SIZE, NB=NUM_BINS,
+            BLOCK_SIZE=block_size, COUNT_PASSES=passes is not None, num_warps=num_warps,
         )
     return thr, last

@@ -2,7 +2,8 @@
 
 Providers (each called as its runner calls it):
 - ``v1_ears`` / ``v1_vllm``: ``EarsRejectionSampler.forward`` / vLLM's V1 ``RejectionSampler.forward`` (bonus
-  sampling, processing, verification, recovered tokens), with vLLM's V1 ``Sampler``.
+  sampling, processing, verification, recovered tokens), with vLLM's V1 ``Sampler``; with top-k / top-p also
+  ``v1_ears_vllm_topk``, the plugin's step with vLLM's top-k / top-p kernel (``EARS_VLLM_TOP_K_TOP_P=vllm``).
 - ``mrv2_ears`` / ``mrv2_vllm``: ``EarsMrv2RejectionSampler.__call__`` / MRV2's ``RejectionSampler.__call__``
   (draft gathering, MRV2's ``apply_sampling_params`` over MRV2's ``SamplingStates``, verification, resampling,
   accepted / rejected counts; the EARS sampler also queues its step counters' copy).
@@ -38,7 +39,8 @@ ALPHA = 0.3
 TEMPERATURE = 0.7
 CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9),
          "seeded": dict(top_k=None, top_p=None, seeded=True)}
-PROVIDERS = ("v1_ears", "v1_vllm", "mrv2_ears", "mrv2_vllm", "mrv2_verify_ears", "mrv2_verify_vllm")
+PROVIDERS = ("v1_ears", "v1_ears_vllm_topk", "v1_vllm", "mrv2_ears", "mrv2_vllm", "mrv2_verify_ears",
+             "mrv2_verify_vllm")
 COLUMNS = ["timestamp", "device", "device_type", "python", "torch", "triton", "vllm", "provider", "case", "batch",
            "k", "vocab", "dtype", "draft_probs", "calls", "wall_ms_p50", "wall_ms_p20", "wall_ms_p80",
            "event_ms_p50", "event_ms_p20", "event_ms_p80", "gpu_us_per_call"]
@@ -115,6 +117,11 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
     v1_ears = EarsRejectionSampler(Sampler(), None, dev, settings, None, None, seeds, token_positions)
     v1_ears.recording = True  # as in a serving step: its counters are queued for the step's output
     v1_vllm = RejectionSampler(Sampler())
+    # With top-k / top-p: the plugin's step with vLLM's top-k / top-p kernel on a float32 copy
+    # (EARS_VLLM_TOP_K_TOP_P=vllm), against the kernel's own truncation (v1_ears, unless its start-up check failed).
+    v1_ears_vllm_topk = EarsRejectionSampler(Sampler(), None, dev, settings, None, None, seeds, token_positions)
+    v1_ears_vllm_topk.recording = True
+    v1_ears_vllm_topk.fused_top_k_top_p = False
 
     # ---- MRV2 ---------------------------------------------------------------------------------------------------
     states = sampling_states(b, v, TEMPERATURE, top_k, top_p, seed=seed)
@@ -141,8 +148,13 @@ def build(case: str, b: int, k: int, v: int, dtype: torch.dtype, draft_probs: bo
     def nothing():
         return None
 
+    truncated = top_k is not None or top_p is not None
+    if truncated:
+        print(f"    B={b}: the plugin's kernel applies top-k / top-p itself: {v1_ears.fused_top_k_top_p}")
     return {
         "v1_ears": (fresh, lambda x: (v1_ears(meta, v1_probs, x, ears_sm), v1_ears.take_pending())),
+        **({"v1_ears_vllm_topk": (fresh, lambda x: (v1_ears_vllm_topk(meta, v1_probs, x, ears_sm),
+                                                    v1_ears_vllm_topk.take_pending()))} if truncated else {}),
         "v1_vllm": (fresh, lambda x: v1_vllm(meta, v1_probs, x, sm)),
         "mrv2_ears": (fresh, lambda x: (mrv2_ears(x, batch, draft_logits), mrv2_ears.take_pending())),
         "mrv2_vllm": (fresh, lambda x: mrv2_vllm(x, batch, draft_logits)),

@@ -1,6 +1,6 @@
 """The top-k / top-p definition (which the EARS kernel keeps exactly, ``tests/test_top_k_top_p.py``) against vLLM's
 own Triton top-k / top-p kernel (``vllm/v1/sample/ops/topk_topp_triton.py``, ``_topk_topp_kernel``; on CPU under
-Triton's interpreter) on the awkward rows.
+Triton's interpreter: ``scripts/harness/vllm_top_k_top_p.py``) on the awkward rows.
 
 vLLM's kernel finds pivots by a bounded search and matches tied logits within 1e-9. Where that is exact, it keeps
 exactly the definition's set, ties at the top-k boundary in index order. Where it is not, this test pins down how
@@ -14,75 +14,24 @@ it differs (``docs/vllm.md``, "Top-k / top-p on CUDA"):
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import sys
-
 import pytest
 import torch
 from test_top_k_top_p import CONFIGS, TEMPERATURE, awkward_rows  # tests/ is on the path, as for ears_cases
 
 from ears_vllm.top_k_top_p import top_k_top_p_keep
-
-from .mrv2_setup import vllm_triton_is_real
+from scripts.harness import vllm_top_k_top_p as vllm_kernel
 
 pytestmark = pytest.mark.vllm
 
 ONE_VALUE_ROW, NON_FINITE_ROW = 2, 10
 
 
-@contextlib.contextmanager
-def tensor_range_under_interpreter():
-    """Triton's interpreter runs ``tl.range`` as Python's ``range`` (plain ints); vLLM's kernel calls ``.to()`` on
-    its loop variable, as compiled Triton allows. While this lasts the interpreter yields Triton tensors instead.
-    A no-op on a GPU."""
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    if not torch.cuda.is_available():
-        original = interpreter._patch_lang
-
-        def patch_lang(fn):
-            scope = original(fn)
-
-            def tensor_range(arg1, arg2=None, step=None, **kwargs):
-                start, end = (0, arg1) if arg2 is None else (arg1, arg2)
-                return (interpreter._implicit_cvt(i) for i in range(int(start), int(end), int(step or 1)))
-
-            scope.set_attr(tl, "range", tensor_range)
-            return scope
-
-        interpreter._patch_lang = patch_lang
-    try:
-        yield
-    finally:
-        if not torch.cuda.is_available():
-            interpreter._patch_lang = original
-
-
 @pytest.fixture(scope="module")
 def vllm_top_k_top_p():
     pytest.importorskip("vllm")
-    with vllm_triton_is_real():
-        sys.modules.pop("vllm.v1.sample.ops.topk_topp_triton", None)
-        module = importlib.import_module("vllm.v1.sample.ops.topk_topp_triton")
+    module = vllm_kernel.load()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def keep(scaled, k, p):
-        """vLLM's kept set: its kernel on float32 logits divided by the temperature, as its sampler calls it."""
-        logits = scaled.clone().float().to(device)
-        rows, vocab = logits.shape
-        tables = [logits.new_tensor(module._PERCENTILE_TO_STD_TABLE), logits.new_tensor(
-            module._NORMAL_CDF_TO_SIGMA_TABLE)]
-        with tensor_range_under_interpreter():
-            module._topk_topp_kernel[(rows,)](
-                logits, logits.stride(0), logits.new_empty((rows, vocab)), *tables,
-                logits if k is None else k.int().to(device), logits if p is None else p.float().to(device), rows,
-                VOCAB_SIZE=vocab, MASK_VALUE=float("-inf"), BLOCK_SIZE=256, BLOCK_SIZE_TRUNC=128,
-                TOPK_ENABLED=k is not None, TOPP_ENABLED=p is not None, SPLIT_COVERS_PONLY=False)
-        return (logits > float("-inf")).cpu()
-
-    return keep
+    return lambda scaled, k, p: vllm_kernel.vllm_keep(module, scaled, k, p, device)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))

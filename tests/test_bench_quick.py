@@ -255,3 +255,20 @@ def test_check_seeded_batch_compares_each_prompt_and_arm(monkeypatch, capsys):
     spec = jobs[0]["speculative_config"]
     assert spec["method"] == "ngram" and spec["num_speculative_tokens"] == 4 and spec["rejection_sampler"] == "ears"
     assert cs.first_difference([1, 2, 3], [1, 2]) == 2 and cs.first_difference([1, 5], [1, 6]) == 1
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "models", "smollm2-135m-instruct", "model.safetensors")),
+                    reason="the real pair's target is built by `make models`")
+def test_top_k_top_p_quick_csv(tmp_path):
+    """The EARS kernel's top-k / top-p sets on the real pair's rows and a synthetic row (interpreter): every row
+    equals the definition, and it read each row at least twice and at most 1 + 2 * (9 + 2) times (the first pass,
+    then per selection up to 9 levels of 16 bins over 32-bit keys and a gather, or a 2-pass tie count)."""
+    out = tmp_path / "t.csv"
+    _run(["top_k_top_p", "--quick", "--out", str(out)], timeout=400)
+    rows = _rows(out)
+    assert {(r["rows_from"], r["dtype"]) for r in rows} == {("real_pair", "float32"), ("real_pair", "bfloat16"),
+                                                           ("synthetic", "bfloat16")}
+    assert {r["config"] for r in rows} == {"k50", "p0.9", "p0.95", "k50_p0.9"}
+    for r in rows:
+        assert int(r["ears_equal_rows"]) == int(r["rows"]) > 0, r
+        assert 2 <= float(r["passes_p50"]) <= int(r["passes_max"]) <= 23, r

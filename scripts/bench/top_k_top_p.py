@@ -19,7 +19,7 @@ On CPU everything runs under Triton's interpreter (TRITON_INTERPRET=1 is set her
 minutes; nothing here is timed.
 
     python -m scripts.bench.top_k_top_p                 # --prompts 8, writes results/top_k_top_p.csv
-    python -m scripts.bench.top_k_top_p --quick         # 2 prompts, no vLLM comparison, results/quick/
+    python -m scripts.bench.top_k_top_p --quick         # 1 prompt, 1 synthetic row, no vLLM, results/quick/
 """
 
 from __future__ import annotations
@@ -134,11 +134,11 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic", type=int, default=8, help="rows of randn * 3 (bf16, V=151936); 0: none")
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM's kernel (slow under the interpreter)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="2 prompts, 2 synthetic rows, no vLLM; results/quick/")
+    ap.add_argument("--quick", action="store_true", help="1 prompt, 1 synthetic row, no vLLM; results/quick/")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.prompts, args.synthetic, args.no_vllm = 2, 2, True
+        args.prompts, args.synthetic, args.no_vllm = 1, 1, True
     path = args.out or os.path.join(real_pair.ROOT, "results", "quick" if args.quick else "", "top_k_top_p.csv")
     out = results.Writer(path, "top_k_top_p", COLUMNS, METRICS, replace=args.quick)
     vllm_module = None

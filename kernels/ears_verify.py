@@ -446,7 +446,7 @@ def ears_rejection_sample_triton(inputs, block_size: int = None, num_splits: int
 
         trunc_thr, trunc_last = top_k_top_p_thresholds(
             target_logits, cu, temperature, top_k, top_p, max_spec_len, packed,
-            block_size=block_size if interpret else min(block_size, 1024), num_warps=4)
+            block_size=min(block_size, 16384 if interpret else 512), num_warps=8)
     if num_tokens > 0 and max_spec_len > 0:
         _ears_row_stats_kernel[(batch, max_spec_len, stat_splits)](
             target_logits, target_logits.stride(0), cu, temperature,

@@ -37,7 +37,8 @@ INDEX_BITS: tl.constexpr = 31  # vocabulary indices < 2**31: (key << 31) | index
 INDEX_MASK: tl.constexpr = (1 << 31) - 1
 BUFFER_SIZE = 1024  # tokens sorted in registers at the end of a selection
 SMALL_BUFFER_SIZE: tl.constexpr = 64  # ... sorted in a smaller sort when they are this few
-NUM_BINS = 16  # bins per level of a selection
+NUM_BINS = 16  # bins per level of a selection (the first level: LOG_BINS, by bit length)
+LOG_BINS: tl.constexpr = 64  # >= 33 bit lengths of keys below 2**32
 
 
 @triton.jit
@@ -45,6 +46,14 @@ def _order_key(s):
     # float32 -> int64 ordered as the floats are (-0.0 must be folded into +0.0 first: s + 0.0)
     b = s.to(tl.int32, bitcast=True)
     return (b ^ ((b >> 31) & 0x7FFFFFFF)).to(tl.int64)
+
+
+@triton.jit
+def _bit_length(u):
+    # floor(log2(u)) + 1 for 0 < u < 2**32, 0 for u == 0; exact (the float conversion may round up to a power of 2)
+    e = ((u.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 126).to(tl.int64)
+    e = tl.where(u > 0, e, 0)
+    return tl.where((e > 0) & (u < (tl.full((), 1, dtype=tl.int64) << tl.maximum(e - 1, 0))), e - 1, e)
 
 
 @triton.jit
@@ -91,6 +100,28 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
     above_mass = 0.0
     n_in = n_cand
     passes = 1
+    if (n_in > BUF) & (lo < hi):
+        # The first level's bins are the bit lengths of the keys: narrow near the top of the row, where top-k and
+        # top-p boundaries lie, wide below (a linear split of a range that crosses 0 would put most tokens in bin 0).
+        passes += 1
+        log_bins = tl.arange(0, LOG_BINS)
+        cnt = tl.zeros([LOG_BINS], dtype=tl.int32)
+        mass = tl.zeros([LOG_BINS], dtype=tl.float32)
+        for off in range(0, vocab_size, BLOCK_SIZE):
+            offs = off + tl.arange(0, BLOCK_SIZE)
+            s, u, cand = _candidates(row_ptr, offs, offs < vocab_size, temp, key_m, lo, hi, lim_u, lim_idx)
+            hit = tl.where(cand, _bit_length(u), LOG_BINS)[:, None] == log_bins[None, :]
+            cnt += tl.sum(hit.to(tl.int32), axis=0)
+            mass += tl.sum(tl.where(hit, tl.exp(s - m)[:, None], 0.0), axis=0)
+        w = mass if USE_MASS else cnt.to(tl.float32)
+        reach = tl.sum((above_w + tl.cumsum(w, axis=0) < target).to(tl.int32), axis=0)
+        b = tl.minimum(reach, tl.max(tl.where(cnt > 0, log_bins, 0), axis=0)).to(tl.int64)
+        above_w += tl.sum(tl.where(log_bins < b, w, 0.0), axis=0)
+        above_mass += tl.sum(tl.where(log_bins < b, mass, 0.0), axis=0)
+        n_in = tl.sum(tl.where(log_bins == b, cnt, 0), axis=0)
+        one = tl.full((), 1, dtype=tl.int64)
+        lo = tl.where(b > 0, one << tl.maximum(b - 1, 0), 0)  # bit length b: [2**(b-1), 2**b - 1]
+        hi = tl.minimum((one << b) - 1, hi)
     bins = tl.arange(0, NB)
     while (n_in > BUF) & (lo < hi):
         passes += 1

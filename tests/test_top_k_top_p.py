@@ -59,7 +59,7 @@ def kernel_keep(logits, temperature, top_k, top_p):
     dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     cu = torch.arange(1, rows + 1, dtype=torch.int32, device=DEVICE)
     thr, last = top_k_top_p_thresholds(dev(logits), cu, dev(temperature), dev(top_k), dev(top_p), 1, False,
-                                       block_size=4096 if DEVICE == "cpu" else 1024, num_warps=4)
+                                       block_size=4096 if DEVICE == "cpu" else 512, num_warps=8)
     thr, last = thr.cpu(), last.cpu()
     s = sanitize_logits(logits.float() / temperature[:, None]) + 0.0
     index = torch.arange(vocab)

@@ -76,7 +76,7 @@ def ears_keep(scaled_from: torch.Tensor, top_k, top_p, device: str):
     passes = torch.zeros(rows, dtype=torch.int32, device=device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     thr, last = top_k_top_p_thresholds(x, cu, temp, full(top_k, torch.int64), full(top_p, torch.float32), 1, False,
-                                       block_size=65536 if interpret else 1024, num_warps=4, passes=passes)
+                                       block_size=16384 if interpret else 512, num_warps=8, passes=passes)
     s = x.float() / temp[:, None]
     keep = (s > thr[:, None]) | ((s == thr[:, None]) & (torch.arange(vocab, device=device) <= last[:, None]))
     return keep.cpu(), passes.cpu()

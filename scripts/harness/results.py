@@ -3,7 +3,8 @@
 One line per measured value. Columns, in this order:
 
 - fixed, the same in every file: ``benchmark`` (the script or record kind: ``bench_step``, ``bench_step_profile``,
-  ``bench_kernel``, ``bench_e2e``, ``bench_e2e_text``, ``eval_accuracy``, ``frontier``, ``bench_draft_sampling``),
+  ``bench_kernel``, ``bench_e2e``, ``bench_e2e_text``, ``eval_accuracy``, ``frontier``, ``bench_draft_sampling``,
+  ``top_k_top_p``),
   ``run`` (one invocation: its start time, or the name of the file a run was converted from), ``row`` (the record's
   number within the run), ``timestamp`` (when the record was measured, UTC), ``device``, ``device_type``,
   ``threads``, ``load1``, ``python``, ``torch``, ``triton``, ``vllm`` (empty where a benchmark does not record it);

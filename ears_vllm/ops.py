@@ -289,6 +289,8 @@ def ears_rejection_sample(
                 recovery_noise = torch.rand(batch, dtype=torch.float64, device=device, generator=generator)
         elif backend == "triton" and recovery_noise.dim() != 2:
             _fail("recovery_noise", "must be [batch, vocab_size] Exp(1) noise for the triton backend")
+    if top_p is not None:  # every backend compares float32 probabilities with it, as the kernel (and vLLM's) does
+        top_p = top_p.to(torch.float32)
     if backend != "triton" and (top_k is not None or top_p is not None):  # the kernel truncates as it reads
         from .top_k_top_p import truncate_logits
 

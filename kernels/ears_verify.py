@@ -44,8 +44,9 @@ MAX_SPLITS = 16
 
 @triton.jit
 def _scaled_logits(row_ptr, offs, mask, temp):
-    # NaN -> -inf (never emitted), +inf -> float32 max (the +inf tokens share the mass); float32 math throughout.
-    s = tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32) / temp
+    # NaN -> -inf (never emitted), +inf -> float32 max (the +inf tokens share the mass); float32 math throughout,
+    # the division rounded as IEEE (and torch, so vLLM's scaled logits) round it: compiled `/` is approximate.
+    s = tl.math.div_rn(tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32), temp)
     s = tl.where(s != s, float("-inf"), s)
     return tl.minimum(s, FLOAT32_MAX)
 
@@ -232,8 +233,8 @@ def _ears_verify_kernel(
     num_accepted = 0
     num_tolerance = 0
     num_decided = 0
-    h_sum = 0.0
-    tv_sum = 0.0
+    h_sum = tl.zeros((), dtype=tl.float64)  # float64 from the start: a loop-carried type cannot change
+    tv_sum = tl.zeros((), dtype=tl.float64)
     rejected = False
     rej_max = 0.0
     rej_sum = 0.0

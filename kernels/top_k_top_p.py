@@ -32,13 +32,14 @@ import triton.language as tl
 
 from .ears_verify import FLOAT32_MAX, GREEDY_TEMPERATURE_EPS, _request_span, _scaled_logits
 
-INT64_MAX: tl.constexpr = 0x7FFFFFFFFFFFFFFF
-INDEX_BITS: tl.constexpr = 31  # vocabulary indices < 2**31: (key << 31) | index orders by key, then index
-INDEX_MASK: tl.constexpr = (1 << 31) - 1
+# Globals a jit function reads must be tl.constexpr objects (an annotation is not enough for the compiler).
+INT64_MAX = tl.constexpr(0x7FFFFFFFFFFFFFFF)
+INDEX_BITS = tl.constexpr(31)  # vocabulary indices < 2**31: (key << 31) | index orders by key, then index
+INDEX_MASK = tl.constexpr((1 << 31) - 1)
 BUFFER_SIZE = 1024  # tokens sorted in registers at the end of a selection
-SMALL_BUFFER_SIZE: tl.constexpr = 64  # ... sorted in a smaller sort when they are this few
+SMALL_BUFFER_SIZE = tl.constexpr(64)  # ... sorted in a smaller sort when they are this few
 NUM_BINS = 16  # bins per level of a selection (the first level: LOG_BINS, by bit length)
-LOG_BINS: tl.constexpr = 64  # >= 33 bit lengths of keys below 2**32
+LOG_BINS = tl.constexpr(64)  # >= 33 bit lengths of keys below 2**32
 
 
 @triton.jit
@@ -67,6 +68,24 @@ def _candidates(row_ptr, offs, mask, temp, key_m, lo, hi, lim_u, lim_idx):
 
 
 @triton.jit
+def _choose_bin(cnt, mass, bins, above_w, above_mass, target, NBINS: tl.constexpr, USE_MASS: tl.constexpr):
+    # The first non-empty bin at or after the one where the running weight reaches the target (float rounding may
+    # leave the target unreached: then the last non-empty bin). The weights before it are read off the same running
+    # sums the choice was made on, so that a later level sees the target where this one did.
+    w = mass if USE_MASS else cnt.to(tl.float32)
+    running = above_w + tl.cumsum(w, axis=0)
+    running_mass = above_mass + tl.cumsum(mass, axis=0)
+    reach = tl.sum((running < target).to(tl.int32), axis=0)
+    nonempty = cnt > 0
+    b = tl.min(tl.where(nonempty & (bins >= reach), bins, NBINS), axis=0)
+    b = tl.where(b == NBINS, tl.max(tl.where(nonempty, bins, 0), axis=0), b)
+    before = bins == b - 1
+    above_w = tl.where(b > 0, tl.sum(tl.where(before, running, 0.0), axis=0), above_w)
+    above_mass = tl.where(b > 0, tl.sum(tl.where(before, running_mass, 0.0), axis=0), above_mass)
+    return b, above_w, above_mass, tl.sum(tl.where(bins == b, cnt, 0), axis=0)
+
+
+@triton.jit
 def _rank_in_buffer(row_ptr, buf_ptr, temp, m, key_m, n_in, above_w, above_mass, target, USE_MASS: tl.constexpr,
                     SIZE: tl.constexpr):
     # The n_in (<= SIZE) gathered indices sorted by (key, index): the rank where the running weight reaches the
@@ -80,7 +99,7 @@ def _rank_in_buffer(row_ptr, buf_ptr, temp, m, key_m, n_in, above_w, above_mass,
     s = _scaled_logits(row_ptr, idx, valid, temp)
     token_mass = tl.where(valid, tl.exp(s - m), 0.0)
     running = above_w + tl.cumsum(token_mass if USE_MASS else valid.to(tl.float32), axis=0)
-    rank = tl.minimum(tl.sum(((running < target) & valid).to(tl.int32), axis=0), n_in - 1)
+    rank = tl.maximum(tl.minimum(tl.sum(((running < target) & valid).to(tl.int32), axis=0), n_in - 1), 0)
     at = j == rank
     thr = tl.sum(tl.where(at, s, 0.0), axis=0)
     last = tl.sum(tl.where(at, idx, 0), axis=0)
@@ -113,12 +132,9 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             hit = tl.where(cand, _bit_length(u), LOG_BINS)[:, None] == log_bins[None, :]
             cnt += tl.sum(hit.to(tl.int32), axis=0)
             mass += tl.sum(tl.where(hit, tl.exp(s - m)[:, None], 0.0), axis=0)
-        w = mass if USE_MASS else cnt.to(tl.float32)
-        reach = tl.sum((above_w + tl.cumsum(w, axis=0) < target).to(tl.int32), axis=0)
-        b = tl.minimum(reach, tl.max(tl.where(cnt > 0, log_bins, 0), axis=0)).to(tl.int64)
-        above_w += tl.sum(tl.where(log_bins < b, w, 0.0), axis=0)
-        above_mass += tl.sum(tl.where(log_bins < b, mass, 0.0), axis=0)
-        n_in = tl.sum(tl.where(log_bins == b, cnt, 0), axis=0)
+        b, above_w, above_mass, n_in = _choose_bin(cnt, mass, log_bins, above_w, above_mass, target, LOG_BINS,
+                                                   USE_MASS)
+        b = b.to(tl.int64)
         one = tl.full((), 1, dtype=tl.int64)
         lo = tl.where(b > 0, one << tl.maximum(b - 1, 0), 0)  # bit length b: [2**(b-1), 2**b - 1]
         hi = tl.minimum((one << b) - 1, hi)
@@ -134,13 +150,7 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             hit = tl.where(cand, (u - lo) // width, NB)[:, None] == bins[None, :]
             cnt += tl.sum(hit.to(tl.int32), axis=0)
             mass += tl.sum(tl.where(hit, tl.exp(s - m)[:, None], 0.0), axis=0)
-        w = mass if USE_MASS else cnt.to(tl.float32)
-        # The bin where the running weight reaches the target (rounding aside: else the last non-empty bin).
-        reach = tl.sum((above_w + tl.cumsum(w, axis=0) < target).to(tl.int32), axis=0)
-        b = tl.minimum(reach, tl.max(tl.where(cnt > 0, bins, 0), axis=0))
-        above_w += tl.sum(tl.where(bins < b, w, 0.0), axis=0)
-        above_mass += tl.sum(tl.where(bins < b, mass, 0.0), axis=0)
-        n_in = tl.sum(tl.where(bins == b, cnt, 0), axis=0)
+        b, above_w, above_mass, n_in = _choose_bin(cnt, mass, bins, above_w, above_mass, target, NB, USE_MASS)
         lo = lo + b * width
         hi = tl.minimum(lo + width - 1, hi)
 
@@ -153,7 +163,7 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             offs = off + tl.arange(0, BLOCK_SIZE)
             s, u, cand = _candidates(row_ptr, offs, offs < vocab_size, temp, key_m, lo, hi, lim_u, lim_idx)
             slot = n_gathered + tl.cumsum(cand.to(tl.int32), axis=0) - 1
-            tl.store(buf_ptr + slot, offs, mask=cand)
+            tl.store(buf_ptr + slot, offs, mask=cand & (slot < BUF))
             n_gathered += tl.sum(cand.to(tl.int32), axis=0)
         tl.debug_barrier()  # the stores above, by every thread, before the loads below
         if n_in <= SMALL_BUFFER_SIZE:  # the usual case (top-k 50, a nucleus of tens): a small sort
@@ -171,8 +181,8 @@ def _select(row_ptr, buf_ptr, temp, vocab_size, m, key_m, n_cand, u_max, target,
             tie = tl.maximum(tie, tl.max(tl.where(cand, s, float("-inf")), axis=0))
             seen += tl.sum(cand.to(tl.int32), axis=0)
         each = tl.exp(tie - m)
-        if USE_MASS:
-            need = tl.ceil((target - above_w) / each)
+        if USE_MASS:  # (tied tokens of mass 0: rounding left the target unreached; take the first)
+            need = tl.where(each > 0, tl.ceil((target - above_w) / each), 1.0)
         else:
             need = target - above_w
         need = tl.minimum(tl.maximum(need, 1.0), seen.to(tl.float32)).to(tl.int32)
@@ -220,7 +230,7 @@ def _top_k_top_p_kernel(
         temp = tl.load(temperature_ptr + req).to(tl.float32)
         k = vocab_size
         if HAS_TOP_K:
-            k = tl.minimum(tl.load(top_k_ptr + req).to(tl.int32), vocab_size)
+            k = tl.minimum(tl.load(top_k_ptr + req), vocab_size).to(tl.int32)
         p = 1.0
         if HAS_TOP_P:
             p = tl.load(top_p_ptr + req).to(tl.float32)

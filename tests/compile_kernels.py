@@ -71,17 +71,48 @@ def variants():
         yield f"verify {on}", ears_verify._ears_verify_kernel, "*bf16", const, 8
 
 
+MRV2_POINTERS = {"sampled_ptr": "*i64", "num_accepted_ptr": "*i32", "target_local_argmax_ptr": "*i64",
+                 "draft_sampled_ptr": "*i64", "cu_num_logits_ptr": "*i32", "idx_mapping_ptr": "*i32",
+                 "seed_ptr": "*i64", "pos_ptr": "*i64", "counters_ptr": "*fp64", "tv_spent_ptr": "*fp64",
+                 "tv_spent_slot_ptr": "*i32"}
+
+
+def mrv2_variants():
+    """The plugin's MRV2 rejection kernel (``ears_vllm/vllm_plugin/mrv2_rejection.py``), which calls MRV2's own
+    Triton helpers: importable only with vLLM, whose ``triton_utils`` must hand out the real Triton here (it hands
+    out a placeholder without a GPU driver; this process imports nothing else of vLLM's)."""
+    try:
+        import vllm.triton_utils as triton_utils
+    except ImportError:
+        return
+    import triton.language as tl
+    import triton.language.extra.libdevice as libdevice
+
+    triton_utils.triton, triton_utils.tl, triton_utils.tldevice, triton_utils.HAS_TRITON = triton, tl, libdevice, True
+    from ears_vllm.vllm_plugin import mrv2_rejection
+
+    fn = mrv2_rejection._ears_rejection_kernel
+    sig = {p.name: "constexpr" if p.is_constexpr else MRV2_POINTERS.get(p.name, "*fp32") if p.name.endswith("_ptr")
+           else "i32" for p in fn.params}
+    for draft, record, per_request, budget in ((False, False, False, False), (True, True, True, True),
+                                               (False, True, True, True)):
+        const = dict(PADDED_VOCAB_NUM_BLOCKS=32, HAS_DRAFT_LOGITS=draft, RECORD=record, PER_REQUEST=per_request,
+                     HAS_BUDGET=budget)
+        yield f"mrv2 draft_logits={draft} record={record} per_request={per_request} budget={budget}", fn, sig, const
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100 / H200)")
     args = ap.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
-    for name, fn, dtype, const, warps in variants():
+    jobs = [(name, fn, signature(fn, dtype), const, warps) for name, fn, dtype, const, warps in variants()]
+    jobs += [(name, fn, sig, const, 4) for name, fn, sig, const in mrv2_variants()]
+    for name, fn, sig, const, warps in jobs:
         try:
             start = time.perf_counter()
-            compiled = triton.compile(ASTSource(fn, signature(fn, dtype), const), target=target,
-                                      options=dict(num_warps=warps))
+            compiled = triton.compile(ASTSource(fn, sig, const), target=target, options=dict(num_warps=warps))
             print(f"ok    {name}: {len(compiled.asm['cubin'])} bytes of cubin, {compiled.metadata.shared} bytes "
                   f"of shared memory ({time.perf_counter() - start:.1f} s)", flush=True)
         except Exception as error:  # report every variant, then fail

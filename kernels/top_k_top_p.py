@@ -15,16 +15,17 @@ One program per logits row finds them (``_top_k_top_p_kernel``, grid ``(batch, m
 2. a selection (top-k: by count, target ``k``; then top-p: by mass ``exp(s - M)``, target ``p`` times the mass
    top-k kept, over top-k's set only). Each token's key is ``u = key(M) - key(s)``, where ``key`` maps a float32
    to an integer ordered as the floats are: distinct logits, distinct keys; equal logits, equal keys. A level
-   splits the key range that holds the target into ``NB`` equal bins, one pass sums each bin's count and mass,
-   and the range narrows to the bin where the running total reaches the target. Once the range holds at most
+   splits the key range that holds the target into bins (the first by the keys' bit length, the next into ``NB``
+   equal bins), one pass sums each bin's count and mass, and the range narrows to the first non-empty bin where
+   the running total reaches the target. Once the range holds at most
    ``BUF`` tokens they are gathered (their indices) and sorted by (key, index) in registers: the target's rank
    gives ``thr`` and ``last``. A range of one key holding more than ``BUF`` tokens (a wide tie) is resolved by a
    pass that counts the tied tokens in index order.
 
 Every count is exact; masses are float32 sums, so a top-p boundary decided by less than float32 rounding of the
 cumulative probability can differ from vLLM's (whose sums run in another order). vLLM's own kernel finds its
-pivots by a bounded search with 1e-9 tolerances; where that search ends early its kept set is not the one above
-(``docs/top-k-top-p.md`` has the cases seen).
+pivots by a bounded search with 1e-9 tolerances; where that is not exact its kept set is not the one above
+(``docs/vllm.md``, "Top-k / top-p on CUDA", has the cases seen).
 """
 
 import triton

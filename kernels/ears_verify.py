@@ -52,11 +52,21 @@ def _scaled_logits(row_ptr, offs, mask, temp):
 
 
 @triton.jit
-def _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, row, HAS_TRUNC: tl.constexpr):
-    # Top-k / top-p (top_k_top_p.py): a token is kept iff s > thr, or s == thr and its index <= last.
+def _truncation(trunc_thr_ptr, trunc_last_ptr, row, HAS_TRUNC: tl.constexpr):
+    # A row's top-k / top-p set (top_k_top_p.py) as (thr, last), read once per row: every token when not HAS_TRUNC.
+    thr = float("-inf")
+    last = 0x7FFFFFFF
     if HAS_TRUNC:
         thr = tl.load(trunc_thr_ptr + row)
-        s = tl.where((s > thr) | ((s == thr) & (offs <= tl.load(trunc_last_ptr + row))), s, float("-inf"))
+        last = tl.load(trunc_last_ptr + row)
+    return thr, last
+
+
+@triton.jit
+def _truncated(s, offs, thr, last, HAS_TRUNC: tl.constexpr):
+    # A token is kept iff s > thr, or s == thr and its index <= last.
+    if HAS_TRUNC:
+        s = tl.where((s > thr) | ((s == thr) & (offs <= last)), s, float("-inf"))
     return s
 
 
@@ -140,10 +150,10 @@ def _ears_row_stats_kernel(
         z = 0.0
         best = float("-inf")
         best_idx = lo
+        thr, last = _truncation(trunc_thr_ptr, trunc_last_ptr, logits_row, HAS_TRUNC)
         for off in range(lo, hi, BLOCK_SIZE):
             offs = off + tl.arange(0, BLOCK_SIZE)
-            s = _scaled_logits(row_ptr, offs, offs < hi, temp)
-            s = _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, logits_row, HAS_TRUNC)
+            s = _truncated(_scaled_logits(row_ptr, offs, offs < hi, temp), offs, thr, last, HAS_TRUNC)
             new_m = tl.maximum(m, tl.max(s, axis=0))
             z = z * tl.exp(m - new_m) + tl.sum(tl.exp(s - new_m), axis=0)
             m = new_m
@@ -253,7 +263,8 @@ def _ears_verify_kernel(
         x = tl.load(draft_token_ids_ptr + row).to(tl.int64)
         has_x = x >= 0  # a -1 placeholder is never read and never accepted
         s_x = _scaled_logits(logits_ptr + (row0 + pos) * logits_stride, x, has_x, temp)
-        s_x = _truncated(s_x, x, trunc_thr_ptr, trunc_last_ptr, row0 + pos, HAS_TRUNC)
+        thr, last = _truncation(trunc_thr_ptr, trunc_last_ptr, row0 + pos, HAS_TRUNC)
+        s_x = _truncated(s_x, x, thr, last, HAS_TRUNC)
         valid = z > 0  # False only for a row with no finite logit: treated as uniform
         p_x = tl.where(valid, tl.exp(s_x - m) / z, tl.where(has_x, inv_v, 0.0))
         max_p = tl.where(valid, 1.0 / z, inv_v)
@@ -331,11 +342,11 @@ def _ears_verify_kernel(
         best_idx = lo
         best_p = float("-inf")
         best_p_idx = lo
+        thr, last = _truncation(trunc_thr_ptr, trunc_last_ptr, row0 + num_accepted, HAS_TRUNC)
         for off in range(lo, hi, BLOCK_SIZE):
             offs = off + tl.arange(0, BLOCK_SIZE)
             mask = offs < hi
-            s = _scaled_logits(row_ptr, offs, mask, temp)
-            s = _truncated(s, offs, trunc_thr_ptr, trunc_last_ptr, row0 + num_accepted, HAS_TRUNC)
+            s = _truncated(_scaled_logits(row_ptr, offs, mask, temp), offs, thr, last, HAS_TRUNC)
             if sample_residual:
                 noise = _race_noise(noise_ptr + req * noise_stride, offs, mask, seed, 2 * first_pos + 1, STATELESS)
                 p = tl.where(valid, tl.exp(s - rej_max) / rej_sum, inv_v)

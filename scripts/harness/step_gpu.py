@@ -39,8 +39,6 @@ ALPHA = 0.3
 TEMPERATURE = 0.7
 CASES = {"temperature": dict(top_k=None, top_p=None), "topk_topp": dict(top_k=50, top_p=0.9),
          "seeded": dict(top_k=None, top_p=None, seeded=True)}
-PROVIDERS = ("v1_ears", "v1_ears_vllm_topk", "v1_vllm", "mrv2_ears", "mrv2_vllm", "mrv2_verify_ears",
-             "mrv2_verify_vllm")
 COLUMNS = ["timestamp", "device", "device_type", "python", "torch", "triton", "vllm", "provider", "case", "batch",
            "k", "vocab", "dtype", "draft_probs", "calls", "wall_ms_p50", "wall_ms_p20", "wall_ms_p80",
            "event_ms_p50", "event_ms_p20", "event_ms_p80", "gpu_us_per_call"]
